@@ -1,0 +1,194 @@
+"""Tokens, stream tickets, passwords and permission checks.
+
+Everything here ends in a :class:`Principal` or a domain error; nothing
+here knows about HTTP.  Secrets are never logged: error messages name what
+is wrong with a credential, never the credential.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import hmac
+import secrets
+import time
+from typing import Any
+
+import jwt
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+from core.errors import AuthError, Forbidden, Unavailable
+
+ROLES = ("user", "publisher", "admin")
+
+#: Single-use stream tickets live this long (the contract allows <= 60 s).
+TICKET_TTL = 30
+
+
+@dataclasses.dataclass(frozen=True)
+class Principal:
+    """Who is calling: a user id, a role, and when the credential expires."""
+
+    user_id: str
+    role: str = "user"
+    expires_at: float | None = None
+
+    @property
+    def is_admin(self) -> bool:
+        """Admins may act for anyone."""
+        return self.role == "admin"
+
+
+class TokenService:
+    """Issues and verifies JWTs with exactly the configured algorithm family.
+
+    :param secret: HS256 secret; also what :meth:`issue` signs with.
+    :param public_key_pem: an RSA (RS256) or EC (ES256) public key.
+    :param clock: wall clock in seconds (tests may replace it).
+    """
+
+    def __init__(self, secret: str = "", public_key_pem: bytes = b"", clock=time.time) -> None:
+        if not secret and not public_key_pem:
+            raise ValueError("a JWT secret or public key is required")
+        self._clock = clock
+        self._keys: dict[str, Any] = {}
+        if secret:
+            self._keys["HS256"] = secret
+        if public_key_pem:
+            key = load_pem_public_key(public_key_pem)
+            if isinstance(key, rsa.RSAPublicKey):
+                self._keys["RS256"] = key
+            elif isinstance(key, ec.EllipticCurvePublicKey):
+                self._keys["ES256"] = key
+            else:
+                raise ValueError("the public key must be RSA (RS256) or EC (ES256)")
+        self._secret = secret
+
+    @property
+    def algorithms(self) -> list[str]:
+        """The algorithms a token may be signed with; never ``none``."""
+        return list(self._keys)
+
+    @property
+    def can_issue(self) -> bool:
+        """Whether this server can sign tokens (only with a secret)."""
+        return bool(self._secret)
+
+    def issue(self, user_id: str, role: str = "user", ttl: int = 3600) -> str:
+        """A signed HS256 token for ``user_id`` valid for ``ttl`` seconds.
+
+        :raises Unavailable: only a public key is configured, so this
+            server cannot sign.
+        """
+        if not self._secret:
+            raise Unavailable("this server verifies tokens but has no secret to sign them", code="signing_unavailable")
+        now = int(self._clock())
+        claims = {"sub": user_id, "role": role, "iat": now, "exp": now + int(ttl)}
+        return jwt.encode(claims, self._secret, algorithm="HS256")
+
+    def verify(self, token: str) -> Principal:
+        """The principal a token stands for.
+
+        :raises AuthError: malformed, wrongly signed, of another algorithm,
+            expired, or missing ``sub``/``exp``, or with an unknown role.
+        """
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.PyJWTError:
+            raise AuthError("the token is malformed", code="invalid_token") from None
+        algorithm = header.get("alg")
+        key = self._keys.get(algorithm) if isinstance(algorithm, str) else None
+        if key is None:
+            raise AuthError("the token's algorithm is not accepted", code="invalid_token")
+        try:
+            claims = jwt.decode(
+                token,
+                key,
+                algorithms=[algorithm],
+                options={"require": ["sub", "exp"]},
+                leeway=0,
+            )
+        except jwt.ExpiredSignatureError:
+            raise AuthError("the token has expired", code="token_expired") from None
+        except jwt.PyJWTError:
+            raise AuthError("the token is invalid", code="invalid_token") from None
+        if claims["exp"] <= self._clock():
+            raise AuthError("the token has expired", code="token_expired")
+        subject = claims["sub"]
+        role = claims.get("role", "user")
+        if not isinstance(subject, str) or not subject or role not in ROLES:
+            raise AuthError("the token's subject or role is invalid", code="invalid_token")
+        return Principal(user_id=subject, role=role, expires_at=float(claims["exp"]))
+
+
+# -- passwords ------------------------------------------------------------
+
+_SCRYPT = {"n": 2**14, "r": 8, "p": 1}
+
+
+def hash_password(password: str) -> str:
+    """Hash with scrypt (standard library), salted: ``scrypt$n$r$p$salt$hash``."""
+    salt = secrets.token_bytes(16)
+    digest = hashlib.scrypt(password.encode("utf-8"), salt=salt, dklen=32, **_SCRYPT)
+    return "scrypt${n}${r}${p}${salt}${digest}".format(salt=salt.hex(), digest=digest.hex(), **_SCRYPT)
+
+
+def verify_password(password: str, stored: str) -> bool:
+    """Whether ``password`` matches ``stored``, compared in constant time."""
+    try:
+        scheme, n, r, p, salt, digest = stored.split("$")
+        if scheme != "scrypt":
+            return False
+        candidate = hashlib.scrypt(
+            password.encode("utf-8"), salt=bytes.fromhex(salt), dklen=32, n=int(n), r=int(r), p=int(p)
+        )
+    except (ValueError, TypeError):
+        return False
+    return hmac.compare_digest(candidate.hex(), digest)
+
+
+#: Compared against when the user does not exist, so a login takes as long
+#: for an unknown user as for a wrong password (no user enumeration by time).
+DUMMY_HASH = hash_password(secrets.token_hex(8))
+
+
+# -- stream tickets ---------------------------------------------------------
+
+
+def new_ticket() -> tuple[str, str]:
+    """A fresh ticket and the hash that is stored in its place."""
+    ticket = secrets.token_urlsafe(32)
+    return ticket, hash_ticket(ticket)
+
+
+def hash_ticket(ticket: str) -> str:
+    """What the database keeps of a ticket: a stolen table grants nothing."""
+    return hashlib.sha256(ticket.encode("utf-8")).hexdigest()
+
+
+# -- permissions ------------------------------------------------------------
+
+
+def require_reader(principal: Principal, user_id: str) -> None:
+    """Reading or changing ``user_id``'s notifications and stream: the user or an admin."""
+    if principal.user_id != user_id and not principal.is_admin:
+        raise Forbidden("you may only read your own notifications")
+
+
+def require_creator(principal: Principal, user_id: str) -> None:
+    """Creating a notification for ``user_id``: the user, a publisher, or an admin."""
+    if principal.user_id != user_id and principal.role not in ("publisher", "admin"):
+        raise Forbidden("only publishers and admins may notify other users")
+
+
+def require_event_publisher(principal: Principal) -> None:
+    """Publishing events for other modules: publishers and admins."""
+    if principal.role not in ("publisher", "admin"):
+        raise Forbidden("only publishers and admins may publish events")
+
+
+def require_admin(principal: Principal | None) -> None:
+    """Admin-only views (stats naming users)."""
+    if principal is None or not principal.is_admin:
+        raise Forbidden("only admins may see this")

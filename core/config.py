@@ -1,0 +1,146 @@
+"""Configuration: the one home of every setting.
+
+Each flag of ``python server.py`` is declared once in :data:`OPTIONS`; the
+same declaration gives its environment variable (``NOTIFY_<FLAG>``), its
+default and its help text.  A flag on the command line wins over the
+environment, which wins over the default.  No other module reads the
+environment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import re
+from typing import Any, Callable, Mapping, Sequence
+
+
+class ConfigError(ValueError):
+    """A setting has a value the server cannot run with."""
+
+
+@dataclasses.dataclass
+class Config:
+    """Every setting of one server process.
+
+    Tests build one directly (``Config(db_url="sqlite:///:memory:", ...)``);
+    ``server.py`` builds one from flags with :func:`parse_config`.
+    """
+
+    port: int = 8888
+    address: str = "127.0.0.1"
+    db_url: str = "sqlite:///notifications.db"
+    redis_url: str = ""
+    jwt_secret: str = ""
+    jwt_public_key: str = ""
+    keepalive_interval: float = 30.0
+    max_devices_per_user: int = 10
+    demo: bool = False
+    history_days: float = 7.0
+    cookie_secure: bool = False
+    token_ttl: int = 3600
+    max_buffer_kb: int = 256
+    max_body_kb: int = 256
+    retry_ms: int = 2000
+    log_level: str = "info"
+    #: Filled in by :func:`core.auth.load_keys` at start-up, never from a flag.
+    jwt_public_key_pem: bytes = b""
+
+
+def _positive(kind: Callable[[str], Any]) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        value = kind(text)
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"must be greater than 0, got {text!r}")
+        return value
+
+    parse.__name__ = f"positive {kind.__name__}"
+    return parse
+
+
+def _db_url(text: str) -> str:
+    if not re.match(r"^(sqlite:///.+|postgres(ql)?://.+)$", text):
+        raise argparse.ArgumentTypeError(
+            "expected sqlite:///path.db, sqlite:///:memory: or postgresql://user@host:port/db"
+        )
+    return text
+
+
+def _redis_url(text: str) -> str:
+    if text and not re.match(r"^rediss?://", text):
+        raise argparse.ArgumentTypeError("expected redis://host:port/db or empty")
+    return text
+
+
+def _boolean(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off", ""):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+#: (flag, type, help).  The attribute name and the environment variable are
+#: derived from the flag; the default comes from :class:`Config`.
+OPTIONS: Sequence[tuple[str, Any, str]] = (
+    ("--port", _positive(int), "TCP port to listen on"),
+    ("--address", str, "address to bind"),
+    ("--db-url", _db_url, "sqlite:///path.db, sqlite:///:memory: or postgresql://user@host:port/db"),
+    ("--redis-url", _redis_url, "redis://host:port/db to run several processes as one service; empty = single process"),
+    ("--jwt-secret", str, "HS256 secret for tokens"),
+    ("--jwt-public-key", str, "PEM file with an RSA (RS256) or EC (ES256) public key"),
+    ("--keepalive-interval", _positive(float), "seconds between ': ping' comments"),
+    ("--max-devices-per-user", _positive(int), "open streams one user may hold on this process"),
+    ("--demo", bool, "create demo users and use a generated dev secret when none is given"),
+    ("--history-days", _positive(float), "days of stream history kept for Last-Event-ID replay"),
+    ("--cookie-secure", bool, "mark the access_token cookie Secure (HTTPS deployments)"),
+    ("--token-ttl", _positive(int), "lifetime in seconds of tokens issued by login"),
+    ("--max-buffer-kb", _positive(int), "unsent KiB a stream may hold before it is dropped as a slow reader"),
+    ("--max-body-kb", _positive(int), "largest request body in KiB (413 above)"),
+    ("--retry-ms", _positive(int), "reconnect delay suggested to browsers (SSE retry field)"),
+    ("--log-level", str, "debug, info, warning or error"),
+)
+
+
+def _attr(flag: str) -> str:
+    return flag.lstrip("-").replace("-", "_")
+
+
+def env_name(flag: str) -> str:
+    """The environment variable that feeds ``flag``: ``--db-url`` -> ``NOTIFY_DB_URL``."""
+    return "NOTIFY_" + _attr(flag).upper()
+
+
+def add_options(parser: argparse.ArgumentParser) -> None:
+    """Declare every server flag on ``parser`` (defaults are applied later)."""
+    defaults = Config()
+    for flag, kind, help_text in OPTIONS:
+        default = getattr(defaults, _attr(flag))
+        text = f"{help_text} (env {env_name(flag)}; default {default!r})"
+        if kind is bool:
+            parser.add_argument(flag, action="store_true", default=None, help=text)
+        else:
+            parser.add_argument(flag, type=kind, default=None, metavar=_attr(flag).upper(), help=text)
+
+
+def build_config(args: argparse.Namespace, environ: Mapping[str, str]) -> Config:
+    """Merge parsed flags over ``NOTIFY_*`` environment variables over defaults.
+
+    :raises ConfigError: when an environment variable holds a bad value.
+    """
+    config = Config()
+    for flag, kind, _help in OPTIONS:
+        name = _attr(flag)
+        value = getattr(args, name, None)
+        if value is None and env_name(flag) in environ:
+            raw = environ[env_name(flag)]
+            try:
+                value = _boolean(raw) if kind is bool else kind(raw)
+            except (argparse.ArgumentTypeError, ValueError) as exc:
+                raise ConfigError(f"{env_name(flag)}: {exc}") from None
+        if value is not None:
+            setattr(config, name, value)
+    if config.log_level.lower() not in ("debug", "info", "warning", "error"):
+        raise ConfigError(f"--log-level: expected debug, info, warning or error, got {config.log_level!r}")
+    return config

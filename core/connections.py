@@ -1,0 +1,404 @@
+"""The SSE manager: which devices are open, and pushing frames to them.
+
+One account, many devices: ``user id -> {connection id -> Device}``.  Every
+publish is encoded once (:class:`core.sse.Frame`) and the same bytes are
+written to every device of the user, straight onto each connection's
+IOStream (see ``docs/ARCHITECTURE.md`` for why the handler is bypassed).
+
+A device's lifecycle has one owner, this manager::
+
+    subscribe ──> replaying ──go_live──> live ──> ended(reason)
+        (live frames queue,      (frames written     closed | dropped |
+         de-duplicated by cursor) directly)          expired | shutdown
+
+The handler only waits on :attr:`Device.done` and finishes the response.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import logging
+import secrets
+import time
+from typing import Any, Callable, Iterable, Protocol
+
+from tornado.ioloop import PeriodicCallback
+from tornado.iostream import IOStream, StreamBufferFullError, StreamClosedError
+
+from core.errors import TooManyRequests
+from core.sse import PING, Frame, encode_event
+
+log = logging.getLogger("notify.sse")
+
+#: Why a device's stream ended.
+CLOSED, DROPPED, EXPIRED, SHUTDOWN = "closed", "dropped", "expired", "shutdown"
+
+#: Live frames a replaying device may queue before it counts as too slow.
+MAX_PENDING_FRAMES = 10_000
+
+TOKEN_EXPIRED = Frame(encode_event("{}", event="token-expired"))
+
+
+class Writer(Protocol):
+    """Where a device's bytes go.  Raises ``StreamClosedError`` or
+    ``StreamBufferFullError`` from :meth:`write` when it cannot take them."""
+
+    def write(self, frame: Frame) -> None: ...
+
+    async def drain(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class IOStreamWriter:
+    """Writes frames directly to a Tornado IOStream whose headers are out.
+
+    :param stream: the connection's stream, after the response headers and
+        anything the handler wrote were flushed onto it (the stream sends in
+        FIFO order, so these frames follow them).
+    :param chunked: whether the response uses chunked transfer encoding
+        (HTTP/1.1); an HTTP/1.0 response is close-delimited and gets the
+        bare frames.
+    :param max_buffer: unsent bytes the stream may hold; past that the
+        write raises ``StreamBufferFullError`` before buffering anything
+        (a denial-of-service guard against clients that stop reading).
+    """
+
+    __slots__ = ("stream", "chunked")
+
+    def __init__(self, stream: IOStream, chunked: bool, max_buffer: int) -> None:
+        self.stream = stream
+        self.chunked = chunked
+        stream.max_write_buffer_size = max_buffer
+        # Tornado only sets TCP_NODELAY while finishing a response; a stream
+        # that never finishes would otherwise hold small frames for Nagle.
+        stream.set_nodelay(True)
+
+    def write(self, frame: Frame) -> None:
+        """Queue ``frame``; raises if the stream is closed or its buffer is full."""
+        self.stream.write(frame.chunked if self.chunked else frame.raw)
+
+    async def drain(self) -> None:
+        """Wait until everything written so far has left user space."""
+        await self.stream.write(b"")
+
+    def close(self) -> None:
+        """Close the connection (no terminator: used for dropped readers)."""
+        self.stream.close()
+
+
+class Device:
+    """One open stream of one user (a browser tab, a phone)."""
+
+    __slots__ = ("id", "user_id", "writer", "last_cursor", "pending", "expires_at", "done", "opened_at")
+
+    def __init__(self, user_id: str, expires_at: float | None) -> None:
+        self.id = "c_" + secrets.token_hex(8)
+        self.user_id = user_id
+        self.writer: Writer | None = None
+        #: Highest cursor written to this device; later frames at or below it
+        #: are duplicates from the replay/live handover and are skipped.
+        self.last_cursor = 0
+        #: Live frames held back while history is replayed; None once live.
+        self.pending: list[tuple[int | None, Frame]] | None = []
+        self.expires_at = expires_at
+        self.done: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self.opened_at = time.monotonic()
+
+    @property
+    def ended(self) -> bool:
+        """Whether the stream has ended (for whatever reason)."""
+        return self.done.done()
+
+
+class ConnectionManager:
+    """Open streams of this process, and the fan-out to them.
+
+    :param max_devices_per_user: open streams one user may hold here.
+    :param keepalive_interval: seconds between ``: ping`` comments.
+    :param instance_id: this process's id, reported in stats.
+    :param clock: wall clock (seconds) for token expiry; tests may replace it.
+    """
+
+    def __init__(
+        self,
+        max_devices_per_user: int = 10,
+        keepalive_interval: float = 30.0,
+        instance_id: str = "",
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.max_devices_per_user = max_devices_per_user
+        self.keepalive_interval = keepalive_interval
+        self.instance_id = instance_id
+        self._clock = clock
+        self._users: dict[str, dict[str, Device]] = {}
+        self._devices: dict[str, Device] = {}
+        self._expiries: list[tuple[float, int, Device]] = []
+        self._tie = itertools.count()
+        self._keepalive: PeriodicCallback | None = None
+        self._expiry_timer: asyncio.TimerHandle | None = None
+        self._started = time.monotonic()
+        self.events_published = 0
+        self.frames_sent = 0
+        self.connections_dropped = 0
+        self.connections_opened = 0
+
+    # -- lifecycle -------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the keep-alive timer (one for all connections)."""
+        if self._keepalive is None:
+            self._keepalive = PeriodicCallback(self.send_keep_alive, self.keepalive_interval * 1000)
+            self._keepalive.start()
+
+    def stop(self) -> None:
+        """Stop the timers; open streams are left as they are."""
+        if self._keepalive is not None:
+            self._keepalive.stop()
+            self._keepalive = None
+        if self._expiry_timer is not None:
+            self._expiry_timer.cancel()
+            self._expiry_timer = None
+
+    def shutdown(self) -> int:
+        """End every stream cleanly (the handler sends the chunked terminator).
+
+        Browsers reconnect, to another instance if there is one, and resume
+        from their last event id.  :returns: how many streams were ended.
+        """
+        devices = list(self._devices.values())
+        for device in devices:
+            self._end(device, SHUTDOWN)
+        return len(devices)
+
+    # -- subscriptions ---------------------------------------------------
+
+    def subscribe(self, user_id: str, expires_at: float | None = None) -> Device:
+        """Register a new device of ``user_id`` in the replaying state.
+
+        Done before the history is read, so that no live event can fall
+        between the history and the live stream: they queue on the device.
+
+        :raises TooManyRequests: the user already has the maximum of open
+            streams on this process.
+        """
+        devices = self._users.get(user_id)
+        if devices is not None and len(devices) >= self.max_devices_per_user:
+            raise TooManyRequests(
+                f"this user already has {self.max_devices_per_user} open streams",
+                code="too_many_devices",
+            )
+        device = Device(user_id, expires_at)
+        self._users.setdefault(user_id, {})[device.id] = device
+        self._devices[device.id] = device
+        self.connections_opened += 1
+        if expires_at is not None:
+            heapq.heappush(self._expiries, (expires_at, next(self._tie), device))
+            self._arm_expiry()
+        return device
+
+    def attach(self, device: Device, writer: Writer) -> None:
+        """Give ``device`` the writer its frames go to (once headers are out)."""
+        device.writer = writer
+
+    def unsubscribe(self, device: Device, reason: str = CLOSED) -> None:
+        """Forget ``device`` and end its stream with ``reason``."""
+        self._end(device, reason)
+
+    def device(self, connection_id: str) -> Device | None:
+        """The open device with ``connection_id``, if any."""
+        return self._devices.get(connection_id)
+
+    def devices_of(self, user_id: str) -> Iterable[Device]:
+        """The open devices of ``user_id``."""
+        return tuple(self._users.get(user_id, {}).values())
+
+    # -- replay handover -------------------------------------------------
+
+    def send_history(self, device: Device, cursor: int, frame: Frame) -> bool:
+        """Write one replayed event; :returns: False once the device has ended."""
+        if device.ended or cursor <= device.last_cursor:
+            return not device.ended
+        return self._write(device, frame, cursor)
+
+    def send_now(self, device: Device, frame: Frame) -> bool:
+        """Write a frame that has no cursor (``reset``) to ``device`` now."""
+        if device.ended:
+            return False
+        return self._write(device, frame, None)
+
+    def go_live(self, device: Device) -> None:
+        """Flush the live frames queued during replay, then write directly."""
+        pending, device.pending = device.pending, None
+        for cursor, frame in pending or ():
+            if device.ended:
+                return
+            if cursor is None or cursor > device.last_cursor:
+                self._write(device, frame, cursor)
+
+    # -- fan-out ---------------------------------------------------------
+
+    def publish(
+        self,
+        user_id: str,
+        data: str,
+        event: str | None = None,
+        cursor: int | None = None,
+        exclude: str | None = None,
+    ) -> int:
+        """Push one event to every device of ``user_id``.
+
+        :param data: the ``data:`` payload (one line of JSON).
+        :param event: the event name, or None for a notification
+            (``onmessage``).
+        :param cursor: the event's stream cursor (its ``id:``).
+        :param exclude: a connection id left out (the originator).
+        :returns: how many devices it was written or queued to.
+        """
+        return self.publish_frame(user_id, Frame(encode_event(data, event=event, id=cursor)), cursor, exclude)
+
+    def publish_except(self, user_id: str, connection_id: str, data: str, event: str | None = None, cursor: int | None = None) -> int:
+        """:meth:`publish` to every device of ``user_id`` but ``connection_id``."""
+        return self.publish(user_id, data, event=event, cursor=cursor, exclude=connection_id)
+
+    def publish_typed_event(self, user_id: str, event: str, data: str, cursor: int | None = None) -> int:
+        """:meth:`publish` a named event (``addEventListener(event, ...)``)."""
+        return self.publish(user_id, data, event=event, cursor=cursor)
+
+    def publish_frame(self, user_id: str, frame: Frame, cursor: int | None = None, exclude: str | None = None) -> int:
+        """Push an already encoded frame to every device of ``user_id``."""
+        self.events_published += 1
+        devices = self._users.get(user_id)
+        if not devices:
+            return 0
+        reached = 0
+        # A copy: a failed write removes the device from the map mid-loop.
+        for device in tuple(devices.values()):
+            if device.id == exclude:
+                continue
+            if device.pending is not None:
+                if len(device.pending) >= MAX_PENDING_FRAMES:
+                    self._drop(device)
+                    continue
+                device.pending.append((cursor, frame))
+                reached += 1
+            elif cursor is None or cursor > device.last_cursor:
+                if self._write(device, frame, cursor):
+                    reached += 1
+        return reached
+
+    def send_keep_alive(self, user_id: str | None = None) -> int:
+        """Write ``: ping`` to the live devices of ``user_id`` (or of everyone).
+
+        A failed ping write is a disconnect.  :returns: pings written.
+        """
+        if user_id is None:
+            devices: Iterable[Device] = tuple(self._devices.values())
+        else:
+            devices = self.devices_of(user_id)
+        sent = 0
+        for device in devices:
+            if device.writer is not None and self._write(device, PING, None):
+                sent += 1
+        return sent
+
+    # -- monitoring ------------------------------------------------------
+
+    def get_stats(self) -> dict[str, Any]:
+        """Counters of this process, camelCase as on the wire."""
+        return {
+            "activeUsers": len(self._users),
+            "totalDevices": len(self._devices),
+            "maxDevicesPerUser": max((len(d) for d in self._users.values()), default=0),
+            "deviceLimitPerUser": self.max_devices_per_user,
+            "eventsPublished": self.events_published,
+            "framesSent": self.frames_sent,
+            "connectionsOpened": self.connections_opened,
+            "connectionsDropped": self.connections_dropped,
+            "uptimeSeconds": round(time.monotonic() - self._started, 3),
+            "instanceId": self.instance_id,
+        }
+
+    def user_device_counts(self) -> dict[str, int]:
+        """``user id -> open devices`` (for admins only: it names users)."""
+        return {user_id: len(devices) for user_id, devices in self._users.items()}
+
+    def log_state(self) -> None:
+        """Log the stats and each user's device count (debug level for users)."""
+        log.info("[SSE State] %s", self.get_stats())
+        for user_id, devices in self._users.items():
+            log.debug("  - %s: %d device(s)", user_id, len(devices))
+
+    # -- internals -------------------------------------------------------
+
+    def _write(self, device: Device, frame: Frame, cursor: int | None) -> bool:
+        writer = device.writer
+        if writer is None:
+            return False
+        try:
+            writer.write(frame)
+        except StreamClosedError:
+            self._end(device, CLOSED)
+            return False
+        except StreamBufferFullError:
+            self._drop(device)
+            return False
+        self.frames_sent += 1
+        if cursor is not None:
+            device.last_cursor = cursor
+        return True
+
+    def _drop(self, device: Device) -> None:
+        """Close a device that stopped reading; its reconnect replays."""
+        self.connections_dropped += 1
+        log.info("dropped slow stream %s of a user (unsent data over the bound)", device.id)
+        if device.writer is not None:
+            device.writer.close()
+        self._end(device, DROPPED)
+
+    def _end(self, device: Device, reason: str) -> None:
+        devices = self._users.get(device.user_id)
+        if devices is not None and devices.pop(device.id, None) is not None and not devices:
+            del self._users[device.user_id]
+        self._devices.pop(device.id, None)
+        device.pending = None
+        if not device.done.done():
+            device.done.set_result(reason)
+        # Ended devices stay in the expiry heap until their time comes; keep
+        # a churn of short connections from growing it without bound.
+        if len(self._expiries) > 2 * len(self._devices) + 1024:
+            self._expiries = [entry for entry in self._expiries if not entry[2].ended]
+            heapq.heapify(self._expiries)
+
+    def _arm_expiry(self) -> None:
+        if not self._expiries:
+            return
+        when = self._expiries[0][0]
+        if self._expiry_timer is not None and self._expiry_timer.when() <= self._loop_time_for(when):
+            return
+        if self._expiry_timer is not None:
+            self._expiry_timer.cancel()
+        loop = asyncio.get_running_loop()
+        self._expiry_timer = loop.call_at(self._loop_time_for(when), self._expire)
+
+    def _loop_time_for(self, wall: float) -> float:
+        loop = asyncio.get_running_loop()
+        return loop.time() + max(0.0, wall - self._clock())
+
+    def _expire(self) -> None:
+        """End the streams whose credential has expired, with ``token-expired``."""
+        self._expiry_timer = None
+        now = self._clock()
+        while self._expiries and self._expiries[0][0] <= now:
+            _, _, device = heapq.heappop(self._expiries)
+            if device.ended:
+                continue
+            if device.writer is not None:
+                self._write(device, TOKEN_EXPIRED, None)
+            self._end(device, EXPIRED)
+        # Forget ended devices at the head so the heap does not hold them.
+        while self._expiries and self._expiries[0][2].ended:
+            heapq.heappop(self._expiries)
+        self._arm_expiry()

@@ -1,0 +1,60 @@
+"""Prometheus metrics, read from the live counters at scrape time.
+
+Nothing is counted twice: the collector turns the SSE manager's own
+counters into metric families when ``/metrics`` is scraped, so the hot
+path pays nothing for metrics.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Iterator
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+from core.connections import ConnectionManager
+
+
+class _StreamCollector:
+    """Exposes one process's stream counters."""
+
+    def __init__(self, manager: ConnectionManager, inflight: Callable[[], int]) -> None:
+        self._manager = manager
+        self._inflight = inflight
+
+    def collect(self) -> Iterator[Metric]:
+        """One sample per counter, labelled with the instance id."""
+        stats = self._manager.get_stats()
+        instance = stats["instanceId"]
+        gauges = (
+            ("notify_active_users", "Users with at least one open stream", stats["activeUsers"]),
+            ("notify_open_streams", "Open SSE streams", stats["totalDevices"]),
+            ("notify_requests_in_flight", "HTTP requests being served, streams included", self._inflight()),
+            ("notify_uptime_seconds", "Seconds since the process started", stats["uptimeSeconds"]),
+        )
+        for name, help_text, value in gauges:
+            family = GaugeMetricFamily(name, help_text, labels=["instance"])
+            family.add_metric([instance], value)
+            yield family
+        counters = (
+            ("notify_events_published", "Events handed to the SSE manager", stats["eventsPublished"]),
+            ("notify_frames_sent", "Frames written to streams, pings included", stats["framesSent"]),
+            ("notify_connections_opened", "Streams opened", stats["connectionsOpened"]),
+            ("notify_connections_dropped", "Streams closed for not reading", stats["connectionsDropped"]),
+        )
+        for name, help_text, value in counters:
+            family = CounterMetricFamily(name, help_text, labels=["instance"])
+            family.add_metric([instance], value)
+            yield family
+
+
+class Metrics:
+    """A registry of this application's own (tests build many apps)."""
+
+    def __init__(self, manager: ConnectionManager, inflight: Callable[[], int]) -> None:
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(_StreamCollector(manager, inflight))
+
+    def exposition(self) -> bytes:
+        """The Prometheus text format of every metric."""
+        return generate_latest(self.registry)

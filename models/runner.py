@@ -1,0 +1,175 @@
+"""Running peewee's synchronous queries off the IOLoop.
+
+Writes go through one writer thread that commits the jobs waiting at the
+same time in one transaction (each in its own savepoint, so one failing job
+fails alone).  That keeps SQLite to a single writer, turns a burst of
+concurrent creates into one fsync, and gives every commit a place in one
+order: the after-commit callbacks run on the loop in that order, which is
+what keeps cursors increasing on every stream.  Reads go to a small pool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import queue
+import threading
+from typing import Any, Callable
+
+from peewee import Database, InterfaceError, OperationalError
+
+log = logging.getLogger("notify.db")
+
+#: Jobs committed together at most; bounds a transaction's size and latency.
+MAX_BATCH = 256
+
+_STOP = object()
+
+
+class _Job:
+    __slots__ = ("fn", "args", "future", "on_commit", "result", "error")
+
+    def __init__(self, fn, args, future, on_commit) -> None:
+        self.fn = fn
+        self.args = args
+        self.future = future
+        self.on_commit = on_commit
+        self.result: Any = None
+        self.error: BaseException | None = None
+
+
+class DatabaseRunner:
+    """A writer thread with group commit and a pool of reader threads.
+
+    :param db: the opened database.
+    :param loop: the loop whose coroutines await results.
+    :param readers: reader threads; 0 runs reads on the writer thread
+        (required for ``:memory:`` SQLite, where every connection would see
+        its own empty database).
+    """
+
+    def __init__(self, db: Database, loop: asyncio.AbstractEventLoop, readers: int = 4) -> None:
+        self.db = db
+        self.loop = loop
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._writer = threading.Thread(target=self._write_loop, name="db-writer", daemon=True)
+        self._readers = (
+            concurrent.futures.ThreadPoolExecutor(max_workers=readers, thread_name_prefix="db-reader")
+            if readers > 0
+            else None
+        )
+        self.batches = 0
+        self.jobs = 0
+        self._writer.start()
+
+    def write(self, fn: Callable[..., Any], *args: Any, on_commit: Callable[[Any], None] | None = None) -> "asyncio.Future[Any]":
+        """Run ``fn(*args)`` in the writer's transaction.
+
+        :param on_commit: called on the loop with ``fn``'s result once the
+            transaction has committed, before the returned future resolves,
+            in commit order across all jobs (this is where events are
+            emitted).
+        :returns: a future of ``fn``'s result (or its exception).
+        """
+        future = self.loop.create_future()
+        self._queue.put(_Job(fn, args, future, on_commit))
+        return future
+
+    def read(self, fn: Callable[..., Any], *args: Any) -> "asyncio.Future[Any]":
+        """Run the read-only ``fn(*args)`` on a reader thread."""
+        if self._readers is None:
+            return self.write(fn, *args)
+        return asyncio.wrap_future(self._readers.submit(self._read, fn, args), loop=self.loop)
+
+    def run_sync(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run ``fn`` on the writer thread and block for it (start-up, CLI)."""
+        done = concurrent.futures.Future()
+        self._queue.put(_Job(fn, args, done, None))
+        return done.result()
+
+    def close(self) -> None:
+        """Finish queued writes, then stop the threads and close connections."""
+        self._queue.put(_STOP)
+        self._writer.join(timeout=10)
+        if self._readers is not None:
+            self._readers.submit(self.db.close).result(timeout=5)
+            self._readers.shutdown(wait=True)
+
+    def _read(self, fn: Callable[..., Any], args: tuple) -> Any:
+        # Each reader thread keeps its own connection open between reads.
+        self.db.connect(reuse_if_open=True)
+        try:
+            return fn(*args)
+        except (OperationalError, InterfaceError):
+            # A broken connection (database restarted) is reopened next time.
+            self.db.close()
+            raise
+
+    def _write_loop(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is _STOP:
+                break
+            batch = [first]
+            stop = False
+            while len(batch) < MAX_BATCH:
+                try:
+                    job = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if job is _STOP:
+                    stop = True
+                    break
+                batch.append(job)
+            self._run_batch(batch)
+            if stop:
+                break
+        if not self.db.is_closed():
+            self.db.close()
+
+    def _run_batch(self, batch: list[_Job]) -> None:
+        try:
+            self.db.connect(reuse_if_open=True)
+            with self.db.atomic():
+                for job in batch:
+                    try:
+                        with self.db.atomic():
+                            job.result = job.fn(*job.args)
+                    except Exception as exc:
+                        job.error = exc
+        except Exception as exc:
+            # The commit itself failed (database gone): every job fails.
+            for job in batch:
+                if job.error is None:
+                    job.error = exc
+            try:
+                self.db.close()
+            except Exception:
+                pass
+        self.batches += 1
+        self.jobs += len(batch)
+        sync = [job for job in batch if isinstance(job.future, concurrent.futures.Future)]
+        for job in sync:
+            if job.error is not None:
+                job.future.set_exception(job.error)
+            else:
+                job.future.set_result(job.result)
+        if len(sync) < len(batch):
+            self.loop.call_soon_threadsafe(self._settle, [job for job in batch if job not in sync])
+
+    @staticmethod
+    def _settle(batch: list[_Job]) -> None:
+        """On the loop: run after-commit callbacks in order, then resolve."""
+        for job in batch:
+            if job.error is None and job.on_commit is not None:
+                try:
+                    job.on_commit(job.result)
+                except Exception:
+                    log.exception("after-commit callback failed")
+            if job.future.cancelled():
+                continue
+            if job.error is not None:
+                job.future.set_exception(job.error)
+            else:
+                job.future.set_result(job.result)

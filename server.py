@@ -1,0 +1,376 @@
+"""The notification server: build the application, run it, and the CLI.
+
+``make_app(config)`` builds the database, the bus, the SSE manager and the
+services once and hands them to the handlers.  ``main()`` parses flags (each
+also read from ``NOTIFY_*``), runs the subcommands ``create-user`` and
+``issue-token``, or serves until SIGTERM/SIGINT.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import logging
+import os
+import secrets
+import signal
+import socket
+import sys
+from typing import Any, Sequence
+
+import tornado.httpserver
+import tornado.netutil
+import tornado.web
+from tornado.ioloop import IOLoop, PeriodicCallback
+
+from core.auth import ROLES, TokenService
+from core.broker import Broker, LocalBroker, StreamMessage
+from core.config import Config, ConfigError, add_options, build_config
+from core.connections import ConnectionManager
+from core.event_bus import EventBus
+from core.metrics import Metrics
+from core.service import DOMAIN_EVENTS, NotificationService
+from core.validation import check_user_id
+from handlers.api import (
+    EventsHandler,
+    LoginHandler,
+    LogoutHandler,
+    NotificationHandler,
+    NotificationsHandler,
+    ReadAllHandler,
+    StreamTicketHandler,
+    UnreadCountHandler,
+)
+from handlers.base import Deps, InFlight, NotFoundHandler
+from handlers.monitoring import HealthHandler, MetricsHandler, SSEHealthHandler, StatsHandler
+from handlers.static import STATIC_DIR, StaticHandler
+from handlers.stream import StreamHandler
+from models.runner import DatabaseRunner
+from models.tables import create_schema, database, is_memory, open_database
+
+log = logging.getLogger("notify")
+access_log = logging.getLogger("notify.access")
+
+DEMO_USERS = (("empresaabc_123", "user"), ("empresaxyz_456", "user"), ("empresadef_789", "user"), ("demo_publisher", "publisher"))
+DEMO_PASSWORD = "demo"
+
+#: Seconds between retention runs.
+PRUNE_EVERY = 3600
+#: Seconds shutdown waits for requests in flight before closing connections.
+SHUTDOWN_GRACE = 8.0
+
+
+class StartupError(Exception):
+    """The server cannot start; the message says why (no traceback)."""
+
+
+def log_request(handler: tornado.web.RequestHandler) -> None:
+    """Access log: method, path without the query string, status, time.
+
+    The query string is left out because ``?token=`` and ``?ticket=`` carry
+    credentials.
+    """
+    status = handler.get_status()
+    level = logging.INFO if status < 400 else logging.WARNING if status < 500 else logging.ERROR
+    request = handler.request
+    access_log.log(level, "%d %s %s %.1fms", status, request.method, request.path, 1000.0 * request.request_time())
+
+
+def wire(bus: EventBus, broker: Broker, manager: ConnectionManager) -> None:
+    """Connect the bus to the SSE manager through the broker (as in the seed).
+
+    Every stored change goes ``bus -> broker -> every process's manager``.
+    """
+    for name in DOMAIN_EVENTS:
+        bus.on(name, broker.publish)
+
+
+def deliver_to(manager: ConnectionManager):
+    """The broker's delivery callback: push a message to its user's devices."""
+
+    def deliver(message: StreamMessage) -> None:
+        manager.publish(message.user_id, message.data, event=message.event, cursor=message.cursor, exclude=message.exclude)
+
+    return deliver
+
+
+def load_tokens(config: Config) -> TokenService:
+    """The token service for the configured secret and/or public key.
+
+    :raises StartupError: no key outside ``--demo``, or an unreadable key.
+    """
+    if not config.jwt_secret and not config.jwt_public_key:
+        if not config.demo:
+            raise StartupError("no JWT key: pass --jwt-secret or --jwt-public-key (or --demo for a generated dev secret)")
+        config.jwt_secret = secrets.token_urlsafe(32)
+        log.warning("demo mode: using a generated development JWT secret (tokens die with this process)")
+    pem = b""
+    if config.jwt_public_key:
+        try:
+            with open(config.jwt_public_key, "rb") as handle:
+                pem = handle.read()
+        except OSError as exc:
+            raise StartupError(f"cannot read --jwt-public-key {config.jwt_public_key}: {exc.strerror}") from None
+    try:
+        return TokenService(config.jwt_secret, pem)
+    except ValueError as exc:
+        raise StartupError(f"--jwt-public-key: {exc}") from None
+
+
+class NotifyApp(tornado.web.Application):
+    """The Tornado application plus the services behind it.
+
+    Build with :func:`make_app`, then ``await app.start()`` on the loop that
+    will serve it, and ``await app.stop()`` at the end.
+    """
+
+    def __init__(self, config: Config, deps: Deps, runner: DatabaseRunner, bus: EventBus) -> None:
+        self.config = config
+        self.deps = deps
+        self.runner = runner
+        self.bus = bus
+        self._prune: PeriodicCallback | None = None
+        handler_args = {"deps": deps}
+        user = r"/api/v1/users/([^/]+)/notifications"
+        routes = [
+            (r"/api/v1/auth/login", LoginHandler, handler_args),
+            (r"/api/v1/auth/logout", LogoutHandler, handler_args),
+            (r"/api/v1/auth/stream-ticket", StreamTicketHandler, handler_args),
+            (user + r"/stream", StreamHandler, handler_args),
+            (user + r"/unread-count", UnreadCountHandler, handler_args),
+            (user + r"/read-all", ReadAllHandler, handler_args),
+            (user + r"/([^/]+)", NotificationHandler, handler_args),
+            (user, NotificationsHandler, handler_args),
+            (r"/api/v1/events", EventsHandler, handler_args),
+            (r"/api/v1/stats", StatsHandler, handler_args),
+            (r"/health/sse", SSEHealthHandler, handler_args),
+            (r"/health", HealthHandler, handler_args),
+            (r"/metrics", MetricsHandler, handler_args),
+            (r"/static/(.*)", StaticHandler, {"path": STATIC_DIR}),
+            (r"/()", StaticHandler, {"path": STATIC_DIR, "default_filename": "index.html"}),
+        ]
+        super().__init__(
+            routes,
+            default_handler_class=NotFoundHandler,
+            default_handler_args=handler_args,
+            log_function=log_request,
+            # Compression would rewrite chunks behind the stream writer's back.
+            compress_response=False,
+            static_path=None,
+        )
+
+    @property
+    def service(self) -> NotificationService:
+        """The use cases."""
+        return self.deps.service
+
+    @property
+    def manager(self) -> ConnectionManager:
+        """The SSE manager."""
+        return self.deps.manager
+
+    async def start(self) -> None:
+        """Create the schema, demo users, and start the timers and the broker."""
+        try:
+            self.runner.run_sync(create_schema)
+        except Exception as exc:
+            raise StartupError(f"cannot open the database: {_first_line(exc)}") from None
+        self.bus.bind(asyncio.get_running_loop())
+        wire(self.bus, self.deps.broker, self.deps.manager)
+        await self.deps.broker.start(deliver_to(self.deps.manager))
+        self.deps.manager.start()
+        if self.config.demo:
+            for user_id, role in DEMO_USERS:
+                await self.service.create_user(user_id, DEMO_PASSWORD, role, replace=True)
+        await self.service.prune()
+        self._prune = PeriodicCallback(self._run_prune, PRUNE_EVERY * 1000)
+        self._prune.start()
+
+    async def _run_prune(self) -> None:
+        try:
+            await self.service.prune()
+        except Exception:
+            log.exception("retention run failed")
+
+    async def stop(self) -> None:
+        """End every stream cleanly and release the database and broker."""
+        if self._prune is not None:
+            self._prune.stop()
+        self.deps.manager.shutdown()
+        self.deps.manager.stop()
+        await self.deps.broker.close()
+        self.bus.clear()
+        await asyncio.get_running_loop().run_in_executor(None, self.runner.close)
+
+
+def _open_runner(config: Config) -> DatabaseRunner:
+    try:
+        db = open_database(config.db_url)
+    except ValueError as exc:
+        raise StartupError(f"--db-url: {exc}") from None
+    database.initialize(db)
+    loop = IOLoop.current().asyncio_loop  # type: ignore[attr-defined]
+    return DatabaseRunner(db, loop, readers=0 if is_memory(config.db_url) else 4)
+
+
+def make_app(config: Config) -> NotifyApp:
+    """Build the application for ``config`` on the current loop (call ``start()`` next)."""
+    tokens = load_tokens(config)
+    runner = _open_runner(config)
+    bus = EventBus()
+    instance_id = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(2)}"
+    manager = ConnectionManager(config.max_devices_per_user, config.keepalive_interval, instance_id)
+    service = NotificationService(runner, bus, tokens, history_days=config.history_days, token_ttl=config.token_ttl)
+    inflight = InFlight()
+    deps = Deps(
+        config=config,
+        service=service,
+        manager=manager,
+        tokens=tokens,
+        broker=LocalBroker(),
+        instance_id=instance_id,
+        metrics=Metrics(manager, lambda: inflight.count),
+        inflight=inflight,
+    )
+    return NotifyApp(config, deps, runner, bus)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0]
+
+
+# -- serving ------------------------------------------------------------------
+
+
+async def serve(config: Config) -> int:
+    """Serve until SIGTERM/SIGINT, then shut down gracefully; :returns: exit code."""
+    app = make_app(config)
+    await app.start()
+    try:
+        sockets = tornado.netutil.bind_sockets(config.port, config.address, backlog=8192)
+    except OSError as exc:
+        await app.stop()
+        raise StartupError(f"cannot listen on {config.address}:{config.port}: {exc.strerror}") from None
+    server = tornado.httpserver.HTTPServer(
+        app,
+        # The API's own limit (413) is --max-body-kb; past four times that,
+        # Tornado refuses the request before reading it.
+        max_body_size=max(4 * config.max_body_kb * 1024, 1024 * 1024),
+        idle_connection_timeout=75,
+        body_timeout=30,
+    )
+    server.add_sockets(sockets)
+    # Objects alive after start-up are never garbage; keep the collector
+    # from walking them on every full collection (see TORNADO-FACTS, GC).
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 10, 10)
+    log.info("serving on http://%s:%d (instance %s, database %s)", config.address, config.port,
+             app.deps.instance_id, config.db_url.split("://", 1)[0])
+
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stopping.set)
+    await stopping.wait()
+    log.info("shutting down: no new connections, ending streams")
+    server.stop()
+    ended = app.deps.manager.shutdown()
+    deadline = loop.time() + SHUTDOWN_GRACE
+    while app.deps.inflight.count > 0 and loop.time() < deadline:
+        await asyncio.sleep(0.05)
+    try:
+        await asyncio.wait_for(server.close_all_connections(), timeout=1.0)
+    except asyncio.TimeoutError:
+        pass
+    await app.stop()
+    log.info("stopped (%d streams ended)", ended)
+    return 0
+
+
+# -- command line ---------------------------------------------------------------
+
+
+def _server_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="server.py",
+        description="Real-time notification server (Server-Sent Events). "
+        "Subcommands: create-user USER_ID --password P [--role R]; issue-token USER_ID [--role R] [--ttl S].",
+    )
+    add_options(parser)
+    return parser
+
+
+def _create_user_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="server.py create-user", description="Create a local account.")
+    parser.add_argument("user_id", metavar="USER_ID")
+    parser.add_argument("--password", required=True)
+    parser.add_argument("--role", choices=ROLES, default="user")
+    add_options(parser)
+    return parser
+
+
+def _issue_token_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="server.py issue-token", description="Print a signed JWT.")
+    parser.add_argument("user_id", metavar="USER_ID")
+    parser.add_argument("--role", choices=ROLES, default="user")
+    parser.add_argument("--ttl", type=int, default=None, help="lifetime in seconds (default --token-ttl)")
+    add_options(parser)
+    return parser
+
+
+async def _create_user(config: Config, user_id: str, password: str, role: str) -> None:
+    runner = _open_runner(config)
+    try:
+        try:
+            runner.run_sync(create_schema)
+        except Exception as exc:
+            raise StartupError(f"cannot open the database: {_first_line(exc)}") from None
+        await NotificationService(runner, EventBus(), None).create_user(check_user_id(user_id), password, role)
+    finally:
+        await asyncio.get_running_loop().run_in_executor(None, runner.close)
+
+
+def main(argv: Sequence[str] | None = None, environ: Any = None) -> int:
+    """Run the command line; :returns: the process exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    environ = os.environ if environ is None else environ
+    command = argv[0] if argv and argv[0] in ("create-user", "issue-token") else "serve"
+    parser = {"create-user": _create_user_parser, "issue-token": _issue_token_parser, "serve": _server_parser}[command]()
+    args = parser.parse_args(argv[1:] if command != "serve" else argv)
+    try:
+        config = build_config(args, environ)
+    except ConfigError as exc:
+        parser.error(str(exc))
+    logging.basicConfig(
+        level=getattr(logging, config.log_level.upper()),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        if command == "issue-token":
+            if not config.jwt_secret:
+                raise StartupError("issue-token needs --jwt-secret (or NOTIFY_JWT_SECRET) to sign with")
+            tokens = TokenService(config.jwt_secret)
+            print(tokens.issue(args.user_id, args.role, args.ttl or config.token_ttl))
+            return 0
+        if command == "create-user":
+            asyncio.run(_create_user(config, args.user_id, args.password, args.role))
+            print(f"created {args.role} {args.user_id}")
+            return 0
+        return asyncio.run(serve(config))
+    except StartupError as exc:
+        print(f"server.py: error: {exc}", file=sys.stderr)
+        return 2 if "JWT" in str(exc) or "--" in str(exc) else 1
+    except Exception as exc:  # a domain error from create-user (user exists, ...)
+        message = getattr(exc, "message", None)
+        if message is None:
+            raise
+        print(f"server.py: error: {message}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
