@@ -274,6 +274,8 @@ async def serve(config: Config) -> int:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stopping.set)
+    # `kill -USR1 <pid>` logs the connection state without a restart.
+    loop.add_signal_handler(signal.SIGUSR1, app.deps.manager.log_state)
     await stopping.wait()
     log.info("shutting down: no new connections, ending streams")
     server.stop()

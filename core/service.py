@@ -33,7 +33,7 @@ from core.event_bus import EventBus
 from core.sse import Frame, encode_event
 from core.validation import compact_json, iso
 from models import queries
-from models.runner import DatabaseRunner
+from models.runner import DatabaseRunner, StorageUnavailable
 
 log = logging.getLogger("notify.service")
 
@@ -89,6 +89,18 @@ class NotificationService:
         self.token_ttl = token_ttl
         self._clock = clock
 
+    async def _read(self, fn: Callable[..., Any], *args: Any) -> Any:
+        try:
+            return await self.runner.read(fn, *args)
+        except StorageUnavailable as exc:
+            raise Unavailable("the database is unavailable, try again shortly", code="database_unavailable") from exc
+
+    async def _write(self, fn: Callable[..., Any], *args: Any, on_commit: Callable[[Any], None] | None = None) -> Any:
+        try:
+            return await self.runner.write(fn, *args, on_commit=on_commit)
+        except StorageUnavailable as exc:
+            raise Unavailable("the database is unavailable, try again shortly", code="database_unavailable") from exc
+
     def _now_ms(self) -> int:
         return int(self._clock() * 1000)
 
@@ -125,7 +137,7 @@ class NotificationService:
             cursor = queries.append_event(user_id, None, payload, now)
             return body, [StreamMessage(user_id, cursor, None, payload, origin)]
 
-        body, _ = await self.runner.write(store, on_commit=lambda result: self._emit(NOTIFICATION_CREATED)(result[1]))
+        body, _ = await self._write(store, on_commit=lambda result: self._emit(NOTIFICATION_CREATED)(result[1]))
         return body
 
     async def list_notifications(
@@ -150,12 +162,12 @@ class NotificationService:
                 "unreadCount": queries.unread_count(user_id),
             }
 
-        return await self.runner.read(load)
+        return await self._read(load)
 
     async def get_notification(self, principal: Principal, user_id: str, notification_id: str) -> dict[str, Any]:
         """One notification of ``user_id``.  :raises NotFound: unknown or someone else's."""
         require_reader(principal, user_id)
-        row = await self.runner.read(queries.get_notification, user_id, notification_id)
+        row = await self._read(queries.get_notification, user_id, notification_id)
         if row is None:
             raise NotFound("no such notification")
         return notification_json(row)
@@ -163,7 +175,7 @@ class NotificationService:
     async def unread_count(self, principal: Principal, user_id: str) -> int:
         """How many of ``user_id``'s notifications are unread."""
         require_reader(principal, user_id)
-        return await self.runner.read(queries.unread_count, user_id)
+        return await self._read(queries.unread_count, user_id)
 
     async def set_read(self, principal: Principal, user_id: str, notification_id: str, read: bool) -> dict[str, Any]:
         """Mark one notification read or unread; other devices get ``notification-read``."""
@@ -182,7 +194,7 @@ class NotificationService:
             cursor = queries.append_event(user_id, NOTIFICATION_READ, payload, now)
             return notification_json(row), [StreamMessage(user_id, cursor, NOTIFICATION_READ, payload)]
 
-        body, _ = await self.runner.write(change, on_commit=lambda result: self._emit(NOTIFICATION_READ)(result[1]))
+        body, _ = await self._write(change, on_commit=lambda result: self._emit(NOTIFICATION_READ)(result[1]))
         return body
 
     async def read_all(self, principal: Principal, user_id: str) -> dict[str, Any]:
@@ -198,7 +210,7 @@ class NotificationService:
             cursor = queries.append_event(user_id, NOTIFICATION_READ, payload, now)
             return len(ids), [StreamMessage(user_id, cursor, NOTIFICATION_READ, payload)]
 
-        updated, _ = await self.runner.write(change, on_commit=lambda result: self._emit(NOTIFICATION_READ)(result[1]))
+        updated, _ = await self._write(change, on_commit=lambda result: self._emit(NOTIFICATION_READ)(result[1]))
         return {"updated": updated, "unreadCount": 0}
 
     async def delete(self, principal: Principal, user_id: str, notification_id: str) -> None:
@@ -215,7 +227,7 @@ class NotificationService:
             cursor = queries.append_event(user_id, NOTIFICATION_DELETED, payload, now)
             return [StreamMessage(user_id, cursor, NOTIFICATION_DELETED, payload)]
 
-        await self.runner.write(change, on_commit=self._emit(NOTIFICATION_DELETED))
+        await self._write(change, on_commit=self._emit(NOTIFICATION_DELETED))
 
     async def publish_event(self, principal: Principal, name: str, user_ids: list[str], data: dict[str, Any]) -> int:
         """Store a named event for each user and push it; :returns: users reached in the log."""
@@ -227,7 +239,7 @@ class NotificationService:
             cursors = queries.append_events(((user_id, name, payload) for user_id in user_ids), now)
             return [StreamMessage(user_id, cursor, name, payload) for user_id, cursor in zip(user_ids, cursors)]
 
-        messages = await self.runner.write(store, on_commit=self._emit(EVENT_PUBLISHED))
+        messages = await self._write(store, on_commit=self._emit(EVENT_PUBLISHED))
         return len(messages)
 
     # -- replay ------------------------------------------------------------
@@ -243,7 +255,7 @@ class NotificationService:
         if after is None:
             manager.go_live(device)
             return
-        floor, head = await self.runner.read(lambda: (queries.pruned_through(), queries.head_cursor()))
+        floor, head = await self._read(lambda: (queries.pruned_through(), queries.head_cursor()))
         if device.ended:
             return
         if after < floor or after > head:
@@ -255,7 +267,7 @@ class NotificationService:
         device.last_cursor = after
         cursor = after
         while True:
-            rows = await self.runner.read(queries.events_after, device.user_id, cursor, REPLAY_PAGE)
+            rows = await self._read(queries.events_after, device.user_id, cursor, REPLAY_PAGE)
             for event_id, name, data in rows:
                 if not manager.send_history(device, event_id, Frame(encode_event(data, event=name, id=event_id))):
                     return
@@ -279,12 +291,12 @@ class NotificationService:
         :raises Conflict: the id is taken and ``replace`` is False.
         """
         # scrypt takes tens of milliseconds: off the loop.
-        hashed = await self.runner.read(hash_password, password)
+        hashed = await self._read(hash_password, password)
         try:
             if replace:
-                await self.runner.write(queries.upsert_user, user_id, hashed, role, self._now_ms())
+                await self._write(queries.upsert_user, user_id, hashed, role, self._now_ms())
             else:
-                await self.runner.write(queries.create_user, user_id, hashed, role, self._now_ms())
+                await self._write(queries.create_user, user_id, hashed, role, self._now_ms())
         except queries.Duplicate:
             raise Conflict(f"user {user_id!r} exists already", code="user_exists") from None
 
@@ -294,10 +306,10 @@ class NotificationService:
         :raises AuthError: unknown user or wrong password (one message for
             both, and the same work for both).
         """
-        user = await self.runner.read(queries.get_user, user_id)
+        user = await self._read(queries.get_user, user_id)
         stored = user.password_hash if user is not None else DUMMY_HASH
         # scrypt takes tens of milliseconds: off the loop.
-        matches = await self.runner.read(verify_password, password, stored)
+        matches = await self._read(verify_password, password, stored)
         if user is None or not matches:
             raise AuthError("wrong user id or password", code="invalid_credentials")
         if self.tokens is None:
@@ -311,12 +323,12 @@ class NotificationService:
         now = self._now_ms()
         expires_ms = now + TICKET_TTL * 1000
         credential_ms = int(principal.expires_at * 1000) if principal.expires_at is not None else None
-        await self.runner.write(queries.store_ticket, digest, principal.user_id, principal.role, expires_ms, credential_ms)
+        await self._write(queries.store_ticket, digest, principal.user_id, principal.role, expires_ms, credential_ms)
         return {"ticket": ticket, "expiresIn": TICKET_TTL}
 
     async def redeem_ticket(self, ticket: str) -> Principal:
         """Consume a ticket.  :raises AuthError: unknown, used or expired."""
-        row = await self.runner.write(queries.take_ticket, hash_ticket(ticket), self._now_ms())
+        row = await self._write(queries.take_ticket, hash_ticket(ticket), self._now_ms())
         if row is None:
             raise AuthError("the stream ticket is invalid, used or expired", code="invalid_ticket")
         expires = row.credential_expires_at / 1000 if row.credential_expires_at is not None else None
@@ -333,7 +345,7 @@ class NotificationService:
             queries.prune_tickets(now)
             return queries.prune_events(cutoff)
 
-        removed = await self.runner.write(work)
+        removed = await self._write(work)
         if removed:
             log.info("retention removed %d stream events older than %s days", removed, self.history_days)
         return removed
@@ -341,7 +353,7 @@ class NotificationService:
     async def check_database(self) -> bool:
         """Whether the database answers a trivial query."""
         try:
-            return await self.runner.read(queries.ping)
+            return await self._read(queries.ping)
         except Exception:
             log.warning("database health check failed", exc_info=True)
             return False

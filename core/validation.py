@@ -55,7 +55,13 @@ def parse_json_body(body: bytes) -> dict[str, Any]:
         raise BadRequest("the body is not valid UTF-8", code="invalid_encoding") from None
     try:
         value = json.loads(text)
-    except ValueError:
+        # A "\ud800" escape decodes to a lone surrogate, which no UTF-8
+        # response or database can hold: refuse it here, not with a 500 later.
+        if "\\u" in text:
+            json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except (ValueError, RecursionError):
+        # RecursionError: nesting deeper than the parser can follow.
+        # UnicodeEncodeError (a ValueError): the lone surrogate above.
         raise BadRequest("the body is not valid JSON", code="invalid_json") from None
     if not isinstance(value, dict):
         raise ValidationError("the body must be a JSON object")
@@ -93,7 +99,12 @@ def validate_action_url(value: Any) -> str | None:
         if value.startswith("//"):
             raise ValidationError("actionUrl must be a path starting with one '/' or an http(s) URL")
         return value
-    parts = urllib.parse.urlsplit(value)
+    try:
+        parts = urllib.parse.urlsplit(value)
+        _ = parts.port  # validates it: ValueError outside 0..65535
+    except ValueError:
+        # Also a broken "[IPv6" host: a client's bad URL, never a 500.
+        raise ValidationError("actionUrl is not a valid URL") from None
     if parts.scheme.lower() not in ("http", "https") or not parts.netloc or not parts.hostname:
         raise ValidationError("actionUrl must be a path starting with one '/' or an http(s) URL")
     return value

@@ -12,10 +12,10 @@ from __future__ import annotations
 from tornado.iostream import StreamClosedError
 
 from core.auth import require_reader
-from core.connections import CLOSED, DROPPED, Device, IOStreamWriter
+from core.connections import CLOSED, DROPPED, SHUTDOWN, Device, IOStreamWriter
 from core.sse import encode_comment, encode_event
 from core.validation import compact_json, parse_cursor
-from handlers.base import BaseHandler
+from handlers.base import BaseHandler, log
 
 
 class StreamHandler(BaseHandler):
@@ -58,7 +58,14 @@ class StreamHandler(BaseHandler):
                 max_buffer=self.deps.config.max_buffer_kb * 1024,
             ),
         )
-        await self.deps.service.replay(manager, device, after)
+        try:
+            await self.deps.service.replay(manager, device, after)
+        except Exception:
+            # The history could not be read (database down): end the stream
+            # cleanly rather than leave a gap; the browser reconnects and
+            # the replay is tried again from the same Last-Event-ID.
+            log.warning("replay failed for stream %s; ending it so the client retries", device.id, exc_info=True)
+            manager.unsubscribe(device, SHUTDOWN)
         reason = await device.done
         if reason not in (CLOSED, DROPPED) and not connection.stream.closed():
             # token expired or shutdown: the chunked terminator ends the

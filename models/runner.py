@@ -27,6 +27,23 @@ MAX_BATCH = 256
 _STOP = object()
 
 
+class StorageUnavailable(Exception):
+    """The database could not run a job (down, unreachable, locked too long).
+
+    Raised in place of the driver's own error, so callers need not know
+    which database is behind the runner.
+    """
+
+
+def _translate(exc: BaseException) -> BaseException:
+    """A driver failure becomes :class:`StorageUnavailable`; others pass."""
+    if isinstance(exc, (OperationalError, InterfaceError)):
+        unavailable = StorageUnavailable(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
+        unavailable.__cause__ = exc
+        return unavailable
+    return exc
+
+
 class _Job:
     __slots__ = ("fn", "args", "future", "on_commit", "result", "error")
 
@@ -98,13 +115,16 @@ class DatabaseRunner:
 
     def _read(self, fn: Callable[..., Any], args: tuple) -> Any:
         # Each reader thread keeps its own connection open between reads.
-        self.db.connect(reuse_if_open=True)
         try:
+            self.db.connect(reuse_if_open=True)
             return fn(*args)
-        except (OperationalError, InterfaceError):
+        except (OperationalError, InterfaceError) as exc:
             # A broken connection (database restarted) is reopened next time.
-            self.db.close()
-            raise
+            try:
+                self.db.close()
+            except Exception:
+                pass
+            raise _translate(exc) from exc
 
     def _write_loop(self) -> None:
         while True:
@@ -137,8 +157,9 @@ class DatabaseRunner:
                         with self.db.atomic():
                             job.result = job.fn(*job.args)
                     except Exception as exc:
-                        job.error = exc
+                        job.error = _translate(exc)
         except Exception as exc:
+            exc = _translate(exc)
             # The commit itself failed (database gone): every job fails.
             for job in batch:
                 if job.error is None:

@@ -97,26 +97,55 @@ class Server:
         return data
 
 
+class _Starting:
+    """What ``make_server`` returns inside a running test: ``await`` it."""
+
+    def __init__(self, start: Callable[[], Any]) -> None:
+        self._start = start
+
+    def __await__(self):
+        return self._start().__await__()
+
+    def __getattr__(self, name: str) -> Any:
+        raise AttributeError(f"{name}: inside an async test write `server = await make_server(...)`")
+
+
 @pytest.fixture
 def make_server(io_loop, tmp_path) -> Callable[..., Server]:
-    """Start servers with given settings; all are stopped after the test."""
+    """Start servers with given settings; all are stopped after the test.
+
+    In a fixture (loop not running) ``make_server(**settings)`` returns the
+    running :class:`Server`; inside an async test, ``await make_server(...)``.
+    """
     started: list[tuple[NotifyApp, tornado.httpserver.HTTPServer]] = []
 
-    def start(**settings: Any) -> Server:
+    def build(settings: dict[str, Any]) -> NotifyApp:
         values = {
             "db_url": f"sqlite:///{tmp_path}/notify-{len(started)}.db",
             "jwt_secret": SECRET,
             "keepalive_interval": 30.0,
         }
         values.update(settings)
-        config = Config(**values)
-        app = make_app(config)
-        io_loop.run_sync(app.start)
+        return make_app(Config(**values))
+
+    def listen(app: NotifyApp) -> Server:
         sockets = tornado.netutil.bind_sockets(0, "127.0.0.1")
         http_server = tornado.httpserver.HTTPServer(app, max_body_size=1024 * 1024)
         http_server.add_sockets(sockets)
         started.append((app, http_server))
-        return Server(app, sockets[0].getsockname()[1], config.jwt_secret)
+        return Server(app, sockets[0].getsockname()[1], app.config.jwt_secret)
+
+    def start(**settings: Any) -> Server | _Starting:
+        app = build(settings)
+        if io_loop.asyncio_loop.is_running():
+
+            async def start_async() -> Server:
+                await app.start()
+                return listen(app)
+
+            return _Starting(start_async)
+        io_loop.run_sync(app.start)
+        return listen(app)
 
     yield start
     for app, http_server in reversed(started):
