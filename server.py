@@ -236,6 +236,32 @@ def make_app(config: Config) -> NotifyApp:
     return NotifyApp(config, deps, runner, bus)
 
 
+def tune_gc(manager: ConnectionManager) -> PeriodicCallback:
+    """Keep garbage collection from pausing thousands of streams.
+
+    Each open stream holds about 66 objects the collector tracks; with
+    18,000 streams a full collection walks a million objects and stalls
+    every stream for hundreds of milliseconds (TORNADO-FACTS, GC).  Objects
+    alive after start-up, and the objects of streams that stay open, are
+    not garbage: ``gc.freeze()`` moves them out of the collector's sight.
+    It runs once at start-up and then once a second while new streams are
+    arriving.  Raised thresholds make the remaining collections rarer.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 10, 10)
+    last = [manager.connections_opened]
+
+    def freeze_new_streams() -> None:
+        if manager.connections_opened != last[0]:
+            last[0] = manager.connections_opened
+            gc.freeze()
+
+    callback = PeriodicCallback(freeze_new_streams, 1000)
+    callback.start()
+    return callback
+
+
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip() or type(exc).__name__
     return text.splitlines()[0]
@@ -262,11 +288,7 @@ async def serve(config: Config) -> int:
         body_timeout=30,
     )
     server.add_sockets(sockets)
-    # Objects alive after start-up are never garbage; keep the collector
-    # from walking them on every full collection (see TORNADO-FACTS, GC).
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(50_000, 10, 10)
+    gc_callback = tune_gc(app.deps.manager)
     log.info("serving on http://%s:%d (instance %s, database %s)", config.address, config.port,
              app.deps.instance_id, config.db_url.split("://", 1)[0])
 
@@ -278,6 +300,7 @@ async def serve(config: Config) -> int:
     loop.add_signal_handler(signal.SIGUSR1, app.deps.manager.log_state)
     await stopping.wait()
     log.info("shutting down: no new connections, ending streams")
+    gc_callback.stop()
     server.stop()
     ended = app.deps.manager.shutdown()
     deadline = loop.time() + SHUTDOWN_GRACE

@@ -137,8 +137,13 @@ def build_config(args: argparse.Namespace, environ: Mapping[str, str]) -> Config
             raw = environ[env_name(flag)]
             try:
                 value = _boolean(raw) if kind is bool else kind(raw)
-            except (argparse.ArgumentTypeError, ValueError) as exc:
+            except argparse.ArgumentTypeError as exc:
                 raise ConfigError(f"{env_name(flag)}: {exc}") from None
+            except ValueError:
+                # Worded as argparse words a bad flag ("invalid positive int
+                # value: 'abc'"), not as int() does ("invalid literal for...").
+                kind_name = getattr(kind, "__name__", "")
+                raise ConfigError(f"{env_name(flag)}: invalid {kind_name} value: {raw!r}") from None
         if value is not None:
             setattr(config, name, value)
     if config.log_level.lower() not in ("debug", "info", "warning", "error"):

@@ -22,9 +22,11 @@ MAX_URL = 2048
 MAX_EVENT_USERS = 1000
 MAX_USER_ID = 128
 
-SOURCE_TYPE = re.compile(r"^[A-Z0-9_]{1,64}$")
-EVENT_NAME = re.compile(r"^[a-z0-9][a-z0-9._:-]{0,63}$")
-USER_ID = re.compile(r"^[^\x00-\x1f\x7f/]{1,128}$")
+# \Z, not $: Python's $ also matches before a trailing newline, which would
+# let "name\n" through.
+SOURCE_TYPE = re.compile(r"^[A-Z0-9_]{1,64}\Z")
+EVENT_NAME = re.compile(r"^[a-z0-9][a-z0-9._:-]{0,63}\Z")
+USER_ID = re.compile(r"^[^\x00-\x1f\x7f/]{1,128}\Z")
 #: Names the product itself sends on the stream; nobody may publish them.
 RESERVED_EVENTS = frozenset({"message", "ready", "reset", "token-expired", "notification-read", "notification-deleted"})
 _CONTROL = re.compile(r"[\x00-\x20\x7f]")

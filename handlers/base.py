@@ -105,6 +105,9 @@ class BaseHandler(tornado.web.RequestHandler):
             for name, value in error.headers.items():
                 self.set_header(name, value)
             code, message = error.code, error.message
+            if error.status == 401 and "WWW-Authenticate" not in error.headers:
+                # RFC 9110: every 401 names the scheme that would work.
+                self.set_header("WWW-Authenticate", 'Bearer realm="notifications"')
         elif isinstance(error, tornado.web.HTTPError) and error.status_code < 500:
             code = _HTTP_CODES.get(error.status_code, "error")
             message = error.log_message % error.args if error.log_message and error.args else (

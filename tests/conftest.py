@@ -53,7 +53,9 @@ class Server:
         self.app = app
         self.host = "127.0.0.1"
         self.port = port
-        self.tokens = TokenService(secret)
+        # A verify-only server (public key, no secret) has nothing to sign
+        # with: its tests sign their own tokens, and .token() is unavailable.
+        self.tokens = TokenService(secret) if secret else None
 
     @property
     def manager(self):

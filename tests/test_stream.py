@@ -115,7 +115,7 @@ async def test_stream_of_another_user_is_403(server):
 
 
 async def test_stream_over_device_limit_is_429(make_server):
-    server = make_server(max_devices_per_user=2)
+    server = await make_server(max_devices_per_user=2)
     first = await server.live_stream("alice")
     second = await server.live_stream("alice")
     third = await server.stream("alice")
@@ -125,7 +125,7 @@ async def test_stream_over_device_limit_is_429(make_server):
 
 
 async def test_device_limit_is_per_user(make_server):
-    server = make_server(max_devices_per_user=2)
+    server = await make_server(max_devices_per_user=2)
     alices = [await server.live_stream("alice") for _ in range(2)]
     bob = await server.live_stream("bob")
     assert bob.status == 200
@@ -134,7 +134,7 @@ async def test_device_limit_is_per_user(make_server):
 
 
 async def test_closing_a_stream_frees_its_device_slot(make_server):
-    server = make_server(max_devices_per_user=2)
+    server = await make_server(max_devices_per_user=2)
     first = await server.live_stream("alice")
     second = await server.live_stream("alice")
     first.close()
@@ -249,7 +249,7 @@ async def test_cursors_only_increase(server):
 
 
 async def test_keepalive_ping_comment_arrives(make_server):
-    server = make_server(keepalive_interval=0.2)
+    server = await make_server(keepalive_interval=0.2)
     client = await server.live_stream("alice")
     assert await client.next_comment() == "connected"
     assert await client.next_comment(timeout=3) == "ping"
@@ -337,7 +337,7 @@ async def test_closed_client_is_unsubscribed(server):
 
 
 async def test_slow_reader_is_dropped_without_holding_back_the_others(make_server):
-    server = make_server(max_buffer_kb=16)
+    server = await make_server(max_buffer_kb=16)
     reader = await server.live_stream("alice")
     slow = await open_unread_stream(server, "alice")
     try:

@@ -1,0 +1,208 @@
+"""Unit tests of ``core.config``: defaults, ``NOTIFY_*`` variables, flags.
+
+The settings are read the way ``server.py`` reads them: flags declared by
+``add_options`` on an argparse parser, merged by ``build_config`` over the
+environment (passed in as a dict, never the real one) over the defaults.
+A bad value, from a flag or from the environment, ends in argparse's usage
+error (exit status 2) naming the setting and the value.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Mapping, Sequence
+
+import pytest
+
+from core.config import OPTIONS, Config, ConfigError, add_options, build_config, env_name
+
+pytestmark = pytest.mark.timeout(30)
+
+
+def make_parser() -> argparse.ArgumentParser:
+    """A parser with every server flag, as ``server.py`` builds it."""
+    parser = argparse.ArgumentParser(prog="server.py")
+    add_options(parser)
+    return parser
+
+
+def load(argv: Sequence[str] = (), environ: Mapping[str, str] | None = None) -> Config:
+    """The configuration for ``argv`` and ``environ``, as ``server.py`` merges them.
+
+    A bad value ends in ``parser.error`` (``SystemExit(2)`` with the message
+    on stderr), for flags and environment variables alike.
+    """
+    parser = make_parser()
+    args = parser.parse_args(list(argv))
+    try:
+        return build_config(args, environ or {})
+    except ConfigError as exc:
+        parser.error(str(exc))
+
+
+def usage_error(capsys: pytest.CaptureFixture[str], argv: Sequence[str] = (), environ: Mapping[str, str] | None = None) -> str:
+    """The one error line of a refused configuration (asserts exit status 2)."""
+    with pytest.raises(SystemExit) as exit_info:
+        load(argv, environ)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert err.startswith("usage: server.py")
+    return err.strip().splitlines()[-1]
+
+
+# -- defaults ------------------------------------------------------------------------
+
+
+def test_defaults_match_the_contract():
+    config = load()
+    assert config.port == 8888
+    assert config.address == "127.0.0.1"
+    assert config.db_url == "sqlite:///notifications.db"
+    assert config.redis_url == ""
+    assert config.jwt_secret == "" and config.jwt_public_key == ""
+    assert config.keepalive_interval == 30
+    assert config.max_devices_per_user == 10
+    assert config.demo is False
+    assert config.cookie_secure is False
+
+
+def test_no_flags_and_no_environment_give_the_dataclass_defaults():
+    assert load() == Config()
+
+
+def test_unrelated_environment_variables_are_ignored():
+    assert load(environ={"PORT": "1234", "NOTIFY": "x", "notify_port": "1234"}) == Config()
+
+
+# -- the environment -------------------------------------------------------------------
+
+
+def test_env_name_is_notify_upper_snake():
+    assert env_name("--db-url") == "NOTIFY_DB_URL"
+    assert env_name("--max-devices-per-user") == "NOTIFY_MAX_DEVICES_PER_USER"
+
+
+#: (flag, environment value, resulting attribute value): one row per flag.
+ENV_VALUES = {
+    "--port": ("9001", 9001),
+    "--address": ("0.0.0.0", "0.0.0.0"),
+    "--db-url": ("postgresql://u@db:5432/notify", "postgresql://u@db:5432/notify"),
+    "--redis-url": ("redis://cache:6379/2", "redis://cache:6379/2"),
+    "--jwt-secret": ("s3cret", "s3cret"),
+    "--jwt-public-key": ("/etc/notify/key.pem", "/etc/notify/key.pem"),
+    "--keepalive-interval": ("2.5", 2.5),
+    "--max-devices-per-user": ("3", 3),
+    "--demo": ("true", True),
+    "--history-days": ("1.5", 1.5),
+    "--cookie-secure": ("1", True),
+    "--token-ttl": ("120", 120),
+    "--max-buffer-kb": ("64", 64),
+    "--max-body-kb": ("16", 16),
+    "--retry-ms": ("500", 500),
+    "--log-level": ("debug", "debug"),
+}
+
+
+def attribute(flag: str) -> str:
+    """The Config attribute a flag sets: ``--db-url`` -> ``db_url``."""
+    return flag.lstrip("-").replace("-", "_")
+
+
+def test_every_flag_has_an_environment_row():
+    assert sorted(ENV_VALUES) == sorted(flag for flag, _kind, _help in OPTIONS)
+
+
+@pytest.mark.parametrize("flag", sorted(ENV_VALUES))
+def test_environment_variable_feeds_its_setting(flag):
+    raw, expected = ENV_VALUES[flag]
+    config = load(environ={env_name(flag): raw})
+    assert getattr(config, attribute(flag)) == expected
+
+
+@pytest.mark.parametrize("raw, expected", [("yes", True), ("on", True), ("TRUE", True), ("0", False), ("false", False), ("", False)])
+def test_boolean_environment_values(raw, expected):
+    assert load(environ={"NOTIFY_DEMO": raw}).demo is expected
+
+
+# -- flags win over the environment ------------------------------------------------------
+
+
+def test_flag_wins_over_environment():
+    config = load(["--port", "7000", "--db-url", "sqlite:///flag.db"], {"NOTIFY_PORT": "9000", "NOTIFY_DB_URL": "sqlite:///env.db"})
+    assert (config.port, config.db_url) == (7000, "sqlite:///flag.db")
+
+
+def test_boolean_flag_wins_over_false_environment():
+    assert load(["--demo"], {"NOTIFY_DEMO": "false"}).demo is True
+
+
+def test_valid_flag_wins_over_invalid_environment():
+    assert load(["--port", "7000"], {"NOTIFY_PORT": "abc"}).port == 7000
+
+
+def test_flags_and_environment_combine():
+    config = load(["--port", "7000"], {"NOTIFY_ADDRESS": "0.0.0.0"})
+    assert (config.port, config.address) == (7000, "0.0.0.0")
+
+
+@pytest.mark.parametrize("url", ["sqlite:///path/to/notify.db", "sqlite:///:memory:", "postgresql://user@host:5432/db", "postgres://user:pw@host/db"])
+def test_database_urls_of_the_contract_are_accepted(url):
+    assert load(["--db-url", url]).db_url == url
+
+
+@pytest.mark.parametrize("url", ["", "redis://localhost:6379/0", "rediss://secure:6380/1"])
+def test_redis_urls_are_accepted(url):
+    assert load(["--redis-url", url]).redis_url == url
+
+
+# -- bad values ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "argv, fragment",
+    [
+        (["--port", "0"], "argument --port: must be greater than 0, got '0'"),
+        (["--port", "-1"], "argument --port: must be greater than 0, got '-1'"),
+        (["--port", "x"], "argument --port: invalid positive int value: 'x'"),
+        (["--db-url", "mysql://user@host/db"], "argument --db-url: expected sqlite:///"),
+        (["--db-url", "notifications.db"], "argument --db-url: expected sqlite:///"),
+        (["--redis-url", "http://x"], "argument --redis-url: expected redis://"),
+        (["--keepalive-interval", "0"], "argument --keepalive-interval: must be greater than 0"),
+        (["--max-devices-per-user", "many"], "argument --max-devices-per-user: invalid positive int value: 'many'"),
+        (["--log-level", "loud"], "--log-level: expected debug, info, warning or error, got 'loud'"),
+    ],
+    ids=lambda value: " ".join(value) if isinstance(value, list) else "",
+)
+def test_bad_flag_value_is_a_usage_error_naming_the_flag(capsys, argv, fragment):
+    message = usage_error(capsys, argv)
+    assert message.startswith("server.py: error: ")
+    assert fragment in message
+
+
+@pytest.mark.parametrize(
+    "variable, raw, fragment",
+    [
+        ("NOTIFY_PORT", "abc", "NOTIFY_PORT: invalid positive int value: 'abc'"),
+        ("NOTIFY_PORT", "0", "NOTIFY_PORT: must be greater than 0, got '0'"),
+        ("NOTIFY_DB_URL", "mysql://user@host/db", "NOTIFY_DB_URL: expected sqlite:///"),
+        ("NOTIFY_REDIS_URL", "http://x", "NOTIFY_REDIS_URL: expected redis://"),
+        ("NOTIFY_KEEPALIVE_INTERVAL", "soon", "NOTIFY_KEEPALIVE_INTERVAL: invalid positive float value: 'soon'"),
+        ("NOTIFY_DEMO", "maybe", "NOTIFY_DEMO: expected true or false, got 'maybe'"),
+        ("NOTIFY_LOG_LEVEL", "loud", "--log-level: expected debug, info, warning or error, got 'loud'"),
+    ],
+)
+def test_bad_environment_value_is_a_usage_error_naming_the_variable(capsys, variable, raw, fragment):
+    message = usage_error(capsys, environ={variable: raw})
+    assert message.startswith("server.py: error: ")
+    assert fragment in message
+
+
+def test_non_numeric_port_in_environment_says_what_was_expected(capsys):
+    message = usage_error(capsys, environ={"NOTIFY_PORT": "abc"})
+    assert message == "server.py: error: NOTIFY_PORT: invalid positive int value: 'abc'"
+
+
+def test_unsupported_database_scheme_says_what_is_supported(capsys):
+    message = usage_error(capsys, ["--db-url", "mysql://"])
+    assert "sqlite:///" in message and "postgresql://" in message

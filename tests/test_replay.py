@@ -1,0 +1,302 @@
+"""Replay on reconnect, as CONTRACT.md "The stream" describes it.
+
+With ``Last-Event-ID`` (or ``?lastEventId=``) a stream first sends every
+event of its user with a greater cursor, in order, then live events, with
+none missing and none twice, even while events are being published during
+the handover; a cursor history no longer reaches gets ``event: reset``
+first; a malformed one is treated as absent.
+
+Expected cursors come from a "witness" stream that stays open the whole
+time: live delivery is checked on its own in ``test_stream.py``, so what
+the witness saw is the user's event log as the wire shows it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+
+import pytest
+
+pytestmark = pytest.mark.timeout(30)
+
+#: Seconds in a day, to move the service clock past the retention period.
+DAY = 86_400
+
+
+def cursor_of(event) -> int:
+    """The event's own ``id:`` as an int, checking it is a decimal integer."""
+    assert event.id is not None and re.fullmatch(r"[0-9]+", event.id), event
+    return int(event.id)
+
+
+def summary(events) -> list[tuple[str, int, str]]:
+    """``(type, cursor, data)`` of each event: what must match between streams."""
+    return [(event.type, cursor_of(event), event.data) for event in events]
+
+
+async def resume(server, user_id: str, cursor, via: str = "header"):
+    """Reconnect ``user_id`` from ``cursor`` and wait for ``ready``.
+
+    :param via: ``"header"`` sends ``Last-Event-ID``, ``"query"`` sends
+        ``?lastEventId=``.
+    """
+    if via == "header":
+        return await server.live_stream(user_id, headers={"Last-Event-ID": str(cursor)})
+    return await server.live_stream(user_id, query=f"lastEventId={cursor}")
+
+
+async def notify_seen(server, client, user_id: str, count: int, prefix: str = "n"):
+    """Create ``count`` notifications one by one; :returns: the events ``client`` got for them."""
+    for i in range(count):
+        await server.notify(user_id, f"{prefix}{i}")
+    return await client.events(count)
+
+
+async def publish_event(server, name: str, user_ids: list[str], data: dict) -> None:
+    """``POST /api/v1/events`` as a publisher (asserts 202)."""
+    status, _, body, raw = await server.request(
+        "POST", "/api/v1/events", {"event": name, "userIds": user_ids, "data": data},
+        as_user="svc", role="publisher",
+    )
+    assert status == 202, raw
+    assert body == {"published": len(user_ids)}
+
+
+async def read_until_cursor(client, last: int, timeout: float = 10):
+    """Every event ``client`` gets up to and including cursor ``last``."""
+    received = []
+    async with asyncio.timeout(timeout):
+        while not received or cursor_of(received[-1]) < last:
+            received.append(await client.next_event(timeout=None))
+    return received
+
+
+def assert_strictly_increasing(cursors: list[int]) -> None:
+    """No duplicate and no step back."""
+    assert all(a < b for a, b in zip(cursors, cursors[1:])), cursors
+
+
+# -- replay ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("via", ["header", "query"])
+async def test_replay_sends_missed_events_in_order_then_live(server, via):
+    witness = await server.live_stream("alice")
+    first = await server.live_stream("alice")
+    seen = await notify_seen(server, first, "alice", 5)
+    first.close()
+    missed = [await server.notify("alice", f"missed{i}") for i in range(3)]
+    logged = await witness.events(8)
+    resumed = await resume(server, "alice", cursor_of(seen[1]), via=via)
+    replayed = await resumed.events(6)
+    assert summary(replayed) == summary(logged[2:])
+    assert [event.json() for event in replayed[3:]] == missed
+    live = await server.notify("alice", "live")
+    event = await resumed.next_event()
+    assert event.json() == live
+    assert cursor_of(event) > cursor_of(replayed[-1])
+    witness.close()
+    resumed.close()
+
+
+@pytest.mark.parametrize("value", ["abc", "-1", "", "12abc", "1.5"])
+async def test_malformed_last_event_id_is_treated_as_absent(server, value):
+    writer = await server.live_stream("alice")
+    await notify_seen(server, writer, "alice", 3)
+    writer.close()
+    resumed = await server.live_stream("alice", headers={"Last-Event-ID": value})
+    live = await server.notify("alice", "live")
+    # The first event after ready is the live one: nothing was replayed.
+    assert (await resumed.next_event()).json() == live
+    assert resumed.all_events[0].type == "ready" and len(resumed.all_events) == 2
+    resumed.close()
+
+
+async def test_malformed_last_event_id_query_is_treated_as_absent(server):
+    writer = await server.live_stream("alice")
+    await notify_seen(server, writer, "alice", 2)
+    writer.close()
+    resumed = await server.live_stream("alice", query="lastEventId=abc")
+    live = await server.notify("alice", "live")
+    assert (await resumed.next_event()).json() == live
+    resumed.close()
+
+
+async def test_replay_leaves_out_other_users_events(server):
+    alice = await server.live_stream("alice")
+    start = cursor_of((await notify_seen(server, alice, "alice", 1))[0])
+    alice.close()
+    mine = []
+    for i in range(4):
+        mine.append(await server.notify("alice", f"alice{i}"))
+        await server.notify("bob", f"bob{i}")
+    await publish_event(server, "chat.message", ["bob"], {"to": "bob"})
+    resumed = await resume(server, "alice", start)
+    replayed = await resumed.events(4)
+    assert [event.json() for event in replayed] == mine
+    sentinel = await server.notify("alice", "sentinel")
+    assert (await resumed.next_event()).json() == sentinel
+    resumed.close()
+
+
+async def test_named_events_replay_with_their_names(server):
+    witness = await server.live_stream("alice")
+    first = await server.live_stream("alice")
+    created = await notify_seen(server, first, "alice", 2)
+    kept, gone = (event.json()["notificationId"] for event in created)
+    start = cursor_of(created[-1])
+    first.close()
+    base = "/api/v1/users/alice/notifications"
+    status, _, _, raw = await server.request("PATCH", f"{base}/{kept}", {"read": True}, as_user="alice")
+    assert status == 200, raw
+    status, _, _, raw = await server.request("DELETE", f"{base}/{gone}", as_user="alice")
+    assert status == 204, raw
+    await publish_event(server, "order.shipped", ["alice"], {"orderId": 42})
+    logged = (await witness.events(5))[2:]
+    resumed = await resume(server, "alice", start)
+    replayed = await resumed.events(3)
+    assert [event.type for event in replayed] == ["notification-read", "notification-deleted", "order.shipped"]
+    assert summary(replayed) == summary(logged)
+    read, deleted, shipped = (event.json() for event in replayed)
+    assert read["notificationIds"] == [kept] and read["unreadCount"] == 1
+    assert deleted["notificationIds"] == [gone] and deleted["unreadCount"] == 0
+    assert shipped == {"orderId": 42}
+    witness.close()
+    resumed.close()
+
+
+async def test_replay_longer_than_one_page_arrives_complete_and_in_order(server):
+    # core/service.py reads the log in pages of 500 events.
+    total = 1200
+    first = await server.live_stream("alice")
+    start = cursor_of((await notify_seen(server, first, "alice", 1))[0])
+    first.close()
+    for batch in range(0, total, 50):
+        await asyncio.gather(
+            *(publish_event(server, "tick", ["alice"], {"i": i}) for i in range(batch, batch + 50))
+        )
+    resumed = await resume(server, "alice", start)
+    replayed = await resumed.events(total, timeout=20)
+    assert all(event.type == "tick" for event in replayed)
+    assert sorted(event.json()["i"] for event in replayed) == list(range(total))
+    cursors = [cursor_of(event) for event in replayed]
+    assert cursors[0] > start
+    assert_strictly_increasing(cursors)
+    live = await server.notify("alice", "live")
+    assert (await resumed.next_event()).json() == live
+    resumed.close()
+
+
+# -- history that no longer reaches -----------------------------------------------
+
+
+async def test_cursor_older_than_retention_gets_reset_first(server):
+    first = await server.live_stream("alice")
+    seen = await notify_seen(server, first, "alice", 3)
+    first.close()
+    service = server.app.service
+    # Everything stored so far is now older than the retention period.
+    service._clock = lambda: time.time() + 8 * DAY
+    try:
+        assert await service.prune() == 3
+    finally:
+        service._clock = time.time
+    resumed = await resume(server, "alice", cursor_of(seen[0]))
+    reset = await resumed.next_event()
+    assert reset.type == "reset"
+    reset.json()  # it has a JSON data line
+    assert cursor_of(reset) >= cursor_of(seen[-1])
+    live = await server.notify("alice", "live")
+    event = await resumed.next_event()
+    assert event.json() == live
+    assert cursor_of(event) > cursor_of(reset)
+    resumed.close()
+
+
+async def test_cursor_beyond_the_log_gets_reset_first(server):
+    first = await server.live_stream("alice")
+    seen = await notify_seen(server, first, "alice", 2)
+    first.close()
+    # A cursor from another database: greater than any this one handed out.
+    resumed = await resume(server, "alice", cursor_of(seen[-1]) + 1000)
+    reset = await resumed.next_event()
+    assert reset.type == "reset"
+    reset.json()
+    live = await server.notify("alice", "live")
+    event = await resumed.next_event()
+    assert event.json() == live
+    assert cursor_of(event) > cursor_of(reset)
+    resumed.close()
+
+
+async def test_cursor_at_the_head_replays_nothing_and_no_reset(server):
+    first = await server.live_stream("alice")
+    seen = await notify_seen(server, first, "alice", 2)
+    first.close()
+    resumed = await resume(server, "alice", cursor_of(seen[-1]))
+    live = await server.notify("alice", "live")
+    assert (await resumed.next_event()).json() == live
+    resumed.close()
+
+
+# -- the handover race -------------------------------------------------------------
+
+
+async def publish_concurrently(server, user_id: str, total: int, batch: int, reconnect_after: int, go: asyncio.Event) -> None:
+    """Create ``total`` notifications in concurrent batches of ``batch``.
+
+    Sets ``go`` once ``reconnect_after`` have been created, and goes on
+    publishing while the test reconnects.
+    """
+    for start in range(0, total, batch):
+        if start >= reconnect_after:
+            go.set()
+        await asyncio.gather(*(server.notify(user_id, f"live{i}") for i in range(start, start + batch)))
+    go.set()
+
+
+async def follow(server, user_id: str, cursor: int, total: int, per_connection: int):
+    """Read ``total`` events as a browser that reconnects every ``per_connection``.
+
+    Each connection resumes from the last event the previous one handed
+    over, so every reconnection is a replay/live handover.
+    """
+    received = []
+    while len(received) < total:
+        client = await resume(server, user_id, cursor)
+        try:
+            received += await client.events(min(per_connection, total - len(received)), timeout=10)
+        finally:
+            client.close()
+        # Resume after the last event taken (later ones may have arrived:
+        # they must come again).
+        cursor = cursor_of(received[-1])
+    return received
+
+
+@pytest.mark.parametrize("reconnect_after", [0, 60, 130, 190])
+async def test_replay_during_concurrent_publishing_misses_nothing_and_repeats_nothing(make_server, reconnect_after):
+    # Room for the reconnections whose close the server has not noticed yet.
+    server = await make_server(max_devices_per_user=100)
+    witness = await server.live_stream("alice")
+    first = await server.live_stream("alice")
+    seen = await notify_seen(server, first, "alice", 50, prefix="before")
+    k = cursor_of(seen[-1])
+    first.close()
+    await witness.events(50)
+
+    go = asyncio.Event()
+    publisher = asyncio.ensure_future(publish_concurrently(server, "alice", 200, 10, reconnect_after, go))
+    await go.wait()
+    received = await follow(server, "alice", k, 200, per_connection=13)
+    await publisher
+
+    expected = [cursor_of(event) for event in await witness.events(200)]
+    assert all(cursor > k for cursor in expected)
+    cursors = [cursor_of(event) for event in received]
+    assert_strictly_increasing(cursors)
+    assert cursors == expected
+    assert sorted(event.json()["message"] for event in received) == sorted(f"live{i}" for i in range(200))
+    witness.close()
