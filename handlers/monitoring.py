@@ -30,7 +30,8 @@ class StatsHandler(BaseHandler):
         if scope == "cluster":
             stats = _sum_instances([stats])
         if detail == "users":
-            require_admin(await self.optional_principal())
+            # A credential is required here: none at all is 401, not 403.
+            require_admin(await self.authenticate())
             stats["users"] = manager.user_device_counts()
         self.send_json(stats)
 

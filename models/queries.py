@@ -19,6 +19,29 @@ class Duplicate(Exception):
     """A row with that key exists already."""
 
 
+_INSERT_SQL: dict[tuple[int, str], str] = {}
+
+
+def _insert_returning(model: type, values: dict[str, object], key: str) -> int:
+    """``INSERT ... RETURNING key`` with SQL built once per table.
+
+    The two inserts every publish makes go through here: building the query
+    through peewee costs about 350 us more per publish, on the writer thread
+    that shares the GIL with the IOLoop.  SQLite (3.35+) and PostgreSQL both
+    support ``RETURNING``.
+    """
+    db = database.obj
+    cache_key = (id(db), model._meta.table_name + ":" + ",".join(values))
+    sql = _INSERT_SQL.get(cache_key)
+    if sql is None:
+        left, right = db.quote[0], db.quote[1]
+        columns = ", ".join(f"{left}{name}{right}" for name in values)
+        params = ", ".join([db.param] * len(values))
+        sql = f"INSERT INTO {left}{model._meta.table_name}{right} ({columns}) VALUES ({params}) RETURNING {left}{key}{right}"
+        _INSERT_SQL[cache_key] = sql
+    return database.execute_sql(sql, tuple(values.values())).fetchone()[0]
+
+
 # -- users ------------------------------------------------------------------
 
 
@@ -56,17 +79,19 @@ def insert_notification(
     now_ms: int,
 ) -> Notification:
     """Store a new unread notification with a fresh public id."""
-    return Notification.create(
-        id="ntf_" + secrets.token_hex(10),
-        user_id=user_id,
-        type=type,
-        message=message,
-        action_url=action_url,
-        source_type=source_type,
-        data=data,
-        created_at=now_ms,
-        read_at=None,
-    )
+    fields = {
+        "id": "ntf_" + secrets.token_hex(10),
+        "user_id": user_id,
+        "type": type,
+        "message": message,
+        "action_url": action_url,
+        "source_type": source_type,
+        "data": data,
+        "created_at": now_ms,
+        "read_at": None,
+    }
+    seq = _insert_returning(Notification, fields, "seq")
+    return Notification(seq=seq, **fields)
 
 
 def get_notification(user_id: str, notification_id: str) -> Notification | None:
@@ -123,7 +148,7 @@ def delete_notification(notification: Notification) -> None:
 
 def append_event(user_id: str, name: str | None, data: str, now_ms: int) -> int:
     """Log one stream event; :returns: its cursor."""
-    return StreamEvent.insert(user_id=user_id, name=name, data=data, created_at=now_ms).execute()
+    return _insert_returning(StreamEvent, {"user_id": user_id, "name": name, "data": data, "created_at": now_ms}, "id")
 
 
 def append_events(rows: Iterable[tuple[str, str | None, str]], now_ms: int) -> list[int]:

@@ -118,6 +118,8 @@ export class NotificationsClient {
    *   from the start (same as calling `on(name)` for each).
    * @param {Storage|null} [options.storage] where the last cursor survives
    *   reloads (localStorage by default; null to keep it in memory only).
+   * @param {string|null} [options.lastEventId] resume from this cursor instead
+   *   of the stored one (a tab replacing its client keeps its own position).
    */
   constructor({
     userId,
@@ -129,6 +131,7 @@ export class NotificationsClient {
     baseUrl = '',
     events = [],
     storage = defaultStorage(),
+    lastEventId = undefined,
   }) {
     if (!userId) throw new TypeError('userId is required');
     this.userId = userId;
@@ -144,7 +147,7 @@ export class NotificationsClient {
     this._listeners = new Map();
     // Named stream events this tab (and, when leading, its followers) want.
     this._names = new Set(['notification-read', 'notification-deleted', 'reset', ...events]);
-    this._lastId = this._loadCursor();
+    this._lastId = CURSOR.test(lastEventId ?? '') ? Number(lastEventId) : this._loadCursor();
     this._state = STATES.STOPPED;
     this._role = 'direct';
     this._connectionId = null;
@@ -255,15 +258,17 @@ export class NotificationsClient {
     if (ticket) query.set('ticket', ticket);
     this._openedWithCursor = this._lastId !== null;
     if (this._openedWithCursor) query.set('lastEventId', String(this._lastId));
-    const url = query.size ? `${this._streamUrl}?${query}` : this._streamUrl;
-    const source = new EventSource(url, { withCredentials: true });
-    this._es = source;
+    const search = query.toString();
+    const source = new EventSource(search ? `${this._streamUrl}?${search}` : this._streamUrl, { withCredentials: true });
+    // What this client knows about the one EventSource it has open.
+    const stream = { source, ready: false, names: new Set() };
+    this._es = stream;
 
-    source.addEventListener('ready', (event) => this._onReady(source, event));
-    source.onmessage = (event) => this._fromStream(source, 'message', event);
-    for (const name of this._names) this._subscribe(source, name);
+    source.addEventListener('ready', (event) => this._onReady(stream, event));
+    source.onmessage = (event) => this._fromStream(stream, 'message', event);
+    for (const name of this._names) this._subscribe(stream, name);
     source.addEventListener('token-expired', () => {
-      if (source !== this._es) return;
+      if (stream !== this._es) return;
       // The server ends the stream next; reconnecting with the same URL
       // would present a used ticket, so start over with a fresh one now.
       this._closeSource();
@@ -271,50 +276,49 @@ export class NotificationsClient {
       this._connect('token-expired');
     });
     source.onerror = () => {
-      if (source !== this._es) return;
+      if (stream !== this._es) return;
       // Either the stream ended (server restart, drop) or it never opened
       // (401/403/429, network).  Both: reconnect ourselves, see the header.
-      if (!source.__ready) this._failures += 1;
+      if (!stream.ready) this._failures += 1;
       this._closeSource();
       this._scheduleReconnect('reconnect');
     };
   }
 
-  _subscribe(source, name) {
-    if (source.__names?.has(name)) return;
-    (source.__names ??= new Set()).add(name);
-    source.addEventListener(name, (event) => this._fromStream(source, name, event));
+  _subscribe(stream, name) {
+    if (stream.names.has(name)) return;
+    stream.names.add(name);
+    stream.source.addEventListener(name, (event) => this._fromStream(stream, name, event));
   }
 
-  _onReady(source, event) {
-    if (source !== this._es) return;
-    source.__ready = true;
+  _onReady(stream, event) {
+    if (stream !== this._es) return;
+    stream.ready = true;
     let info = {};
     try { info = JSON.parse(event.data); } catch { /* keep {} */ }
     this._connectionId = info.connectionId ?? null;
     this._instanceId = info.instanceId ?? null;
     this._failures = 0;
     this._everLive = true;
-    // Without a cursor the server replays nothing: anything published
-    // before this moment is only in the list, so the list must be refetched.
-    const resync = !this._openedWithCursor;
     this._setState(STATES.LIVE);
     this._emit('ready', info, { name: 'ready', id: '' });
-    if (resync) {
+    // Without a cursor the server replays nothing: whatever was published
+    // before this moment is only in the list, so every tab refetches it.
+    if (!this._openedWithCursor) {
       this._needList = true;
       this._post({ kind: 'resync' });
     }
     if (this._needList) this._refreshList();
   }
 
-  _fromStream(source, name, event) {
-    if (source !== this._es) return;
+  _fromStream(stream, name, event) {
+    if (stream !== this._es) return;
     this._deliver(name, event.data, event.lastEventId);
   }
 
   _closeSource() {
     if (this._es) {
-      this._es.close();
+      this._es.source.close();
       this._es = null;
     }
   }
@@ -323,16 +327,27 @@ export class NotificationsClient {
     if (this._closed) return;
     this._setState(STATES.RECONNECTING);
     const base = Math.min(this._maxRetryMs, this._retryMs * 2 ** Math.min(this._failures, 5));
+    // Jitter: after a server restart, not every browser at the same moment.
     const delay = base * (0.75 + Math.random() * 0.5);
     clearTimeout(this._timer);
     this._timer = setTimeout(() => this._connect(reason), delay);
   }
 
+  /** Give up after a permanent failure (the session is over). */
   _stop() {
     this._attempt += 1;
     clearTimeout(this._timer);
     this._closeSource();
     this._setState(STATES.STOPPED);
+    if (this._role === 'leader') {
+      // Let another tab try with its own credential rather than keep the
+      // whole group waiting on this one.
+      this._releaseLock?.();
+      this._releaseLock = null;
+      this._channel?.close();
+      this._channel = null;
+      this._role = 'direct';
+    }
   }
 
   // -- events -----------------------------------------------------------------
@@ -392,7 +407,8 @@ export class NotificationsClient {
   }
 
   _setState(state) {
-    if (state !== STATES.LIVE && this._role !== 'follower') this._connectionId = state === STATES.STOPPED ? null : this._connectionId;
+    // A tab's own connection id is only meaningful while it is live.
+    if (state !== STATES.LIVE && this._role !== 'follower') this._connectionId = null;
     const changed = state !== this._state;
     this._state = state;
     if (this._role === 'leader') this._post(this._stateMessage());

@@ -19,6 +19,8 @@ import time
 
 import pytest
 
+from models import queries
+
 pytestmark = pytest.mark.timeout(30)
 
 #: Seconds in a day, to move the service clock past the retention period.
@@ -244,42 +246,52 @@ async def test_cursor_at_the_head_replays_nothing_and_no_reset(server):
 # -- the handover race -------------------------------------------------------------
 
 
-async def publish_concurrently(server, user_id: str, total: int, batch: int, reconnect_after: int, go: asyncio.Event) -> None:
+async def publish_concurrently(server, user_id: str, total: int, batch: int, marks: dict[int, asyncio.Event]) -> None:
     """Create ``total`` notifications in concurrent batches of ``batch``.
 
-    Sets ``go`` once ``reconnect_after`` have been created, and goes on
-    publishing while the test reconnects.
+    ``marks[n]`` is set once ``n`` notifications have been created; the
+    publishing goes on meanwhile, so whoever waits on it reconnects in the
+    middle of the flow.
     """
-    for start in range(0, total, batch):
-        if start >= reconnect_after:
-            go.set()
-        await asyncio.gather(*(server.notify(user_id, f"live{i}") for i in range(start, start + batch)))
-    go.set()
+    for start in range(0, total + 1, batch):
+        for count, mark in marks.items():
+            if start >= count:
+                mark.set()
+        if start < total:
+            await asyncio.gather(*(server.notify(user_id, f"live{i}") for i in range(start, min(start + batch, total))))
 
 
-async def follow(server, user_id: str, cursor: int, total: int, per_connection: int):
-    """Read ``total`` events as a browser that reconnects every ``per_connection``.
+async def reconnect_at(server, user_id: str, cursor: int, mark: asyncio.Event):
+    """Once ``mark`` is set, reconnect ``user_id`` from ``cursor``."""
+    await mark.wait()
+    return await resume(server, user_id, cursor)
 
-    Each connection resumes from the last event the previous one handed
-    over, so every reconnection is a replay/live handover.
+
+def slow_down_history_reads(monkeypatch, seconds: float = 0.02) -> None:
+    """Make every replay page read take ``seconds`` longer on each side.
+
+    The delay is on the database thread, so the loop keeps publishing
+    meanwhile: events committed before the query are both in the history
+    and queued live, events committed after it are only queued live.  That
+    is the handover a real, busier database makes likely.
     """
-    received = []
-    while len(received) < total:
-        client = await resume(server, user_id, cursor)
-        try:
-            received += await client.events(min(per_connection, total - len(received)), timeout=10)
-        finally:
-            client.close()
-        # Resume after the last event taken (later ones may have arrived:
-        # they must come again).
-        cursor = cursor_of(received[-1])
-    return received
+    original = queries.events_after
+
+    def slow(*args):
+        time.sleep(seconds)
+        rows = original(*args)
+        time.sleep(seconds)
+        return rows
+
+    monkeypatch.setattr(queries, "events_after", slow)
 
 
-@pytest.mark.parametrize("reconnect_after", [0, 60, 130, 190])
-async def test_replay_during_concurrent_publishing_misses_nothing_and_repeats_nothing(make_server, reconnect_after):
-    # Room for the reconnections whose close the server has not noticed yet.
-    server = await make_server(max_devices_per_user=100)
+@pytest.mark.parametrize("history_delay", [0.0, 0.02], ids=["as-is", "slow-history"])
+async def test_replay_during_concurrent_publishing_misses_nothing_and_repeats_nothing(make_server, monkeypatch, history_delay):
+    # Room for the witness and every reconnection at once.
+    server = await make_server(max_devices_per_user=20)
+    if history_delay:
+        slow_down_history_reads(monkeypatch, history_delay)
     witness = await server.live_stream("alice")
     first = await server.live_stream("alice")
     seen = await notify_seen(server, first, "alice", 50, prefix="before")
@@ -287,16 +299,20 @@ async def test_replay_during_concurrent_publishing_misses_nothing_and_repeats_no
     first.close()
     await witness.events(50)
 
-    go = asyncio.Event()
-    publisher = asyncio.ensure_future(publish_concurrently(server, "alice", 200, 10, reconnect_after, go))
-    await go.wait()
-    received = await follow(server, "alice", k, 200, per_connection=13)
-    await publisher
+    # Several devices resume from k at different points of the flow.
+    marks = {count: asyncio.Event() for count in (0, 30, 70, 110, 150, 190)}
+    reconnections = [asyncio.ensure_future(reconnect_at(server, "alice", k, mark)) for mark in marks.values()]
+    await publish_concurrently(server, "alice", 200, 10, marks)
+    clients = await asyncio.gather(*reconnections)
 
-    expected = [cursor_of(event) for event in await witness.events(200)]
+    logged = await witness.events(200)
+    expected = [cursor_of(event) for event in logged]
     assert all(cursor > k for cursor in expected)
-    cursors = [cursor_of(event) for event in received]
-    assert_strictly_increasing(cursors)
-    assert cursors == expected
-    assert sorted(event.json()["message"] for event in received) == sorted(f"live{i}" for i in range(200))
+    for client in clients:
+        received = await read_until_cursor(client, expected[-1])
+        cursors = [cursor_of(event) for event in received]
+        assert_strictly_increasing(cursors)
+        assert cursors == expected
+        assert summary(received) == summary(logged)
+        client.close()
     witness.close()
