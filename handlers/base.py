@@ -193,12 +193,6 @@ class BaseHandler(tornado.web.RequestHandler):
             error.headers.setdefault("WWW-Authenticate", 'Bearer realm="notifications"')
             raise
 
-    async def optional_principal(self) -> Principal | None:
-        """The caller if a credential is sent, else None (public endpoints)."""
-        if self.request.headers.get("Authorization") is None and not self.get_cookie("access_token"):
-            return None
-        return await self.authenticate()
-
 
 def _unauthorized(message: str, code: str) -> AuthError:
     return AuthError(message, code=code)

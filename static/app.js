@@ -49,6 +49,7 @@ const ui = {
   readAll: $('#read-all'),
   inbox: $('#inbox'),
   inboxEmpty: $('#inbox-empty'),
+  inboxStatus: $('#inbox-status'),
   sendForm: $('#send-form'),
   sendStatus: $('#send-status'),
   openDevice: $('#open-device'),
@@ -70,6 +71,9 @@ const demo = {
   statsTimer: null,
 };
 window.notifyDemo = demo;
+
+/** Notification ids with a request in flight. */
+const pending = new Set();
 
 // -- signing in and out -------------------------------------------------------
 
@@ -379,8 +383,10 @@ async function onInboxClick(event) {
   if (!button || !row || !demo.session) return;
   const id = row.dataset.id;
   const item = demo.inbox.get(id);
-  if (!item) return;
-  button.disabled = true;
+  // Not `disabled` while the request runs: a disabled button drops the
+  // keyboard focus to <body>.  A set of pending ids stops double clicks.
+  if (!item || pending.has(id)) return;
+  pending.add(id);
   try {
     if (button.dataset.action === 'delete') {
       await demo.session.request('DELETE', demo.session.path(`/${encodeURIComponent(id)}`));
@@ -400,8 +406,9 @@ async function onInboxClick(event) {
     }
     renderInbox();
   } catch (error) {
-    button.disabled = false;
-    flash(`Could not update: ${error.message}`);
+    flash(`Could not update: ${error.message}`, ui.inboxStatus);
+  } finally {
+    pending.delete(id);
   }
 }
 
@@ -414,7 +421,7 @@ async function onReadAll() {
     demo.unread = result.unreadCount;
     renderInbox();
   } catch (error) {
-    flash(`Could not mark all read: ${error.message}`);
+    flash(`Could not mark all read: ${error.message}`, ui.inboxStatus);
   }
 }
 
@@ -441,8 +448,8 @@ async function onSend(event) {
   }
 }
 
-function flash(message) {
-  ui.sendStatus.textContent = message;
+function flash(message, where = ui.sendStatus) {
+  where.textContent = message;
 }
 
 // -- toasts -----------------------------------------------------------------------

@@ -8,6 +8,7 @@ Both run on the test's IOLoop, so tests talk to them over loopback with
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import urllib.parse
@@ -160,3 +161,17 @@ def make_server(io_loop, tmp_path) -> Callable[..., Server]:
 def server(make_server) -> Server:
     """A server with default settings over a fresh SQLite file."""
     return make_server()
+
+
+@pytest.fixture
+def no_error_logged(caplog):
+    """Fail the test if serving it logged an error or a traceback.
+
+    The contract: bad input (or a client dropping its connection) never
+    yields a 500 or a traceback in the log.  API test modules apply it to
+    every test with ``pytest.mark.usefixtures("no_error_logged")``.
+    """
+    caplog.set_level(logging.WARNING)
+    yield
+    failures = [record for record in caplog.get_records("call") if record.levelno >= logging.ERROR or record.exc_info]
+    assert not failures, [record.getMessage() for record in failures]

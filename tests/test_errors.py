@@ -5,57 +5,20 @@ fitting status: 404 for unknown paths (whatever the method), 405 with the
 code ``method_not_allowed`` for a method a route does not support, and
 never a 500 or a logged traceback for bad input.
 
-`assert_error` is the one checker of that shape and `no_error_logged` the
-fixture that fails a test whose handling logged an error; the other API test
-modules import both from here.
+`assert_error` (tests/support/checks.py) is the one checker of that shape and
+`no_error_logged` (conftest.py) the fixture that fails a test whose handling
+logged an error.
 """
 
 from __future__ import annotations
 
-import logging
-import re
 from typing import Any
 
 import pytest
 
+from tests.support.checks import assert_error
+
 pytestmark = [pytest.mark.timeout(30), pytest.mark.usefixtures("no_error_logged")]
-
-#: A snake_case error code: lowercase words joined by single underscores.
-SNAKE_CASE = re.compile(r"[a-z][a-z0-9]*(?:_[a-z0-9]+)*")
-
-
-def assert_error(response: tuple[int, Any, Any, bytes], status: int, code: str | None = None) -> dict[str, str]:
-    """Check that ``response`` is the contract's error body with ``status``.
-
-    :param response: what ``Server.request`` returned.
-    :param code: the exact error code, when the test pins one.
-    :returns: the ``error`` object, for further checks.
-    """
-    got, headers, body, raw = response
-    assert got == status, (got, raw)
-    assert headers.get("Content-Type", "").startswith("application/json"), headers.get("Content-Type")
-    assert isinstance(body, dict) and set(body) == {"error"}, raw
-    error = body["error"]
-    assert isinstance(error, dict) and set(error) == {"code", "message"}, raw
-    assert isinstance(error["code"], str) and SNAKE_CASE.fullmatch(error["code"]), raw
-    assert isinstance(error["message"], str) and error["message"].strip(), raw
-    if code is not None:
-        assert error["code"] == code, raw
-    return error
-
-
-@pytest.fixture
-def no_error_logged(caplog):
-    """Fail the test if serving it logged an error or a traceback.
-
-    The contract: bad input (or a client dropping its connection) never
-    yields a 500 or a traceback in the log.  Other API modules import this
-    fixture and apply it to every test with ``pytest.mark.usefixtures``.
-    """
-    caplog.set_level(logging.WARNING)
-    yield
-    failures = [record for record in caplog.get_records("call") if record.levelno >= logging.ERROR or record.exc_info]
-    assert not failures, [record.getMessage() for record in failures]
 
 
 @pytest.mark.parametrize(

@@ -7,11 +7,11 @@ user ids only for admins), ``GET /health/sse``, ``GET /health`` (200, or
 
 from __future__ import annotations
 
-import json
-import re
 from typing import Any
 
 import pytest
+
+from tests.support.checks import assert_error_body
 from peewee import OperationalError
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -26,21 +26,6 @@ STATS_KEYS = {
 }
 #: The stats keys that are counts.
 COUNT_KEYS = STATS_KEYS - {"uptimeSeconds", "instanceId"}
-
-
-def assert_error(status: int, body: bytes, expected_status: int) -> dict[str, Any]:
-    """Check an error response against the contract's error body.
-
-    :returns: the ``error`` object, for further checks of its code.
-    """
-    assert status == expected_status, body
-    payload = json.loads(body)
-    assert set(payload) == {"error"}
-    error = payload["error"]
-    assert set(error) == {"code", "message"}
-    assert re.fullmatch(r"[a-z][a-z0-9]*(_[a-z0-9]+)*", error["code"]), error
-    assert isinstance(error["message"], str) and error["message"]
-    return error
 
 
 def assert_stats_shape(stats: dict[str, Any]) -> None:
@@ -117,12 +102,12 @@ async def test_stats_detail_users_lists_device_counts_for_an_admin(server):
 @pytest.mark.parametrize("role", ["user", "publisher"])
 async def test_stats_detail_users_is_403_for_non_admins(server, role):
     status, _, _, raw = await server.request("GET", "/api/v1/stats?detail=users", as_user="alice", role=role)
-    assert_error(status, raw, 403)
+    assert_error_body(status, raw, 403)
 
 
 async def test_stats_detail_users_without_credential_is_401(server):
     status, _, _, raw = await server.request("GET", "/api/v1/stats?detail=users")
-    assert_error(status, raw, 401)
+    assert_error_body(status, raw, 401)
 
 
 async def test_stats_cluster_scope_sums_the_instances(server):
@@ -143,7 +128,7 @@ async def test_stats_cluster_scope_sums_the_instances(server):
 @pytest.mark.parametrize("query", ["scope=bogus", "scope=", "detail=everything"])
 async def test_stats_bad_query_value_is_400(server, query):
     status, _, _, raw = await server.request("GET", f"/api/v1/stats?{query}")
-    assert_error(status, raw, 400)
+    assert_error_body(status, raw, 400)
 
 
 # -- health ------------------------------------------------------------------------------

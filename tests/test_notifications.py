@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from tests.test_errors import assert_error, no_error_logged  # noqa: F401 (a fixture)
+from tests.support.checks import assert_error
 
 pytestmark = [pytest.mark.timeout(30), pytest.mark.usefixtures("no_error_logged")]
 

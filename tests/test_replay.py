@@ -14,10 +14,11 @@ the witness saw is the user's event log as the wire shows it.
 from __future__ import annotations
 
 import asyncio
-import re
 import time
 
 import pytest
+
+from tests.support.checks import cursor_of
 
 from models import queries
 
@@ -25,12 +26,6 @@ pytestmark = pytest.mark.timeout(30)
 
 #: Seconds in a day, to move the service clock past the retention period.
 DAY = 86_400
-
-
-def cursor_of(event) -> int:
-    """The event's own ``id:`` as an int, checking it is a decimal integer."""
-    assert event.id is not None and re.fullmatch(r"[0-9]+", event.id), event
-    return int(event.id)
 
 
 def summary(events) -> list[tuple[str, int, str]]:
@@ -175,9 +170,9 @@ async def test_replay_longer_than_one_page_arrives_complete_and_in_order(server)
     first = await server.live_stream("alice")
     start = cursor_of((await notify_seen(server, first, "alice", 1))[0])
     first.close()
-    for batch in range(0, total, 50):
+    for batch in range(0, total, 100):
         await asyncio.gather(
-            *(publish_event(server, "tick", ["alice"], {"i": i}) for i in range(batch, batch + 50))
+            *(publish_event(server, "tick", ["alice"], {"i": i}) for i in range(batch, batch + 100))
         )
     resumed = await resume(server, "alice", start)
     replayed = await resumed.events(total, timeout=20)

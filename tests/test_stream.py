@@ -14,13 +14,12 @@ client that went away.
 from __future__ import annotations
 
 import asyncio
-import json
-import re
 import socket
 import urllib.parse
-from typing import Any, Callable
 
 import pytest
+
+from tests.support.checks import assert_error_body, cursor_of, wait_until
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -35,45 +34,9 @@ NOTIFICATION_KEYS = {
 FORGERY = "\r\n\r\nevent: evil\ndata: x\r"
 
 
-def assert_error(status: int, body: bytes, expected_status: int) -> dict[str, Any]:
-    """Check an error response against the contract's error body.
-
-    :returns: the ``error`` object, for further checks of its code.
-    """
-    assert status == expected_status, body
-    payload = json.loads(body)
-    assert set(payload) == {"error"}
-    error = payload["error"]
-    assert set(error) == {"code", "message"}
-    assert re.fullmatch(r"[a-z][a-z0-9]*(_[a-z0-9]+)*", error["code"]), error
-    assert isinstance(error["message"], str) and error["message"]
-    return error
-
-
-async def wait_until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
-    """Wait for ``condition()`` to hold, checking every 10 ms.
-
-    Only for server-side state no client can observe as an event (e.g. the
-    server noticing that a client hung up).
-
-    :raises AssertionError: if it does not hold within ``timeout`` seconds.
-    """
-    for _ in range(int(timeout / 0.01)):
-        if condition():
-            return
-        await asyncio.sleep(0.01)
-    assert condition(), f"condition not met within {timeout} s"
-
-
 def open_devices(server) -> int:
     """How many streams the server holds open (its own count)."""
     return server.manager.get_stats()["totalDevices"]
-
-
-def cursor_of(event) -> int:
-    """The event's own ``id:`` as an int, checking it is a decimal integer."""
-    assert event.id is not None and re.fullmatch(r"[0-9]+", event.id), event
-    return int(event.id)
 
 
 async def open_unread_stream(server, user_id: str) -> socket.socket:
@@ -101,17 +64,17 @@ async def open_unread_stream(server, user_id: str) -> socket.socket:
 
 async def test_stream_without_credential_is_401(server):
     client = await server.stream("alice", auth=False)
-    assert_error(client.status, client.body_bytes, 401)
+    assert_error_body(client.status, client.body_bytes, 401)
 
 
 async def test_stream_with_invalid_token_is_401(server):
     client = await server.stream("alice", headers={"Authorization": "Bearer not-a-jwt"})
-    assert_error(client.status, client.body_bytes, 401)
+    assert_error_body(client.status, client.body_bytes, 401)
 
 
 async def test_stream_of_another_user_is_403(server):
     client = await server.stream("alice", as_user="bob")
-    assert_error(client.status, client.body_bytes, 403)
+    assert_error_body(client.status, client.body_bytes, 403)
 
 
 async def test_stream_over_device_limit_is_429(make_server):
@@ -119,7 +82,7 @@ async def test_stream_over_device_limit_is_429(make_server):
     first = await server.live_stream("alice")
     second = await server.live_stream("alice")
     third = await server.stream("alice")
-    assert_error(third.status, third.body_bytes, 429)
+    assert_error_body(third.status, third.body_bytes, 429)
     first.close()
     second.close()
 
@@ -310,7 +273,7 @@ async def test_event_name_with_line_break_is_refused(server, name):
         "POST", "/api/v1/events", {"event": name, "userIds": ["alice"], "data": {}},
         as_user="svc", role="publisher",
     )
-    assert_error(status, raw, 422)
+    assert_error_body(status, raw, 422)
 
 
 @pytest.mark.parametrize("url", ["/inbox\r\nevent: evil", "/inbox\n", "https://example.com/\rdata: x"])
@@ -319,7 +282,7 @@ async def test_action_url_with_line_break_is_refused(server, url):
         "POST", "/api/v1/users/alice/notifications", {"type": "info", "message": "m", "actionUrl": url},
         as_user="alice",
     )
-    assert_error(status, raw, 422)
+    assert_error_body(status, raw, 422)
 
 
 # -- letting clients go -----------------------------------------------------------------
