@@ -62,7 +62,15 @@ SHUTDOWN_GRACE = 8.0
 
 
 class StartupError(Exception):
-    """The server cannot start; the message says why (no traceback)."""
+    """The server cannot start; the message says why (no traceback).
+
+    :param exit_code: 2 for a configuration the user must change (like a bad
+        flag), 1 for a failure of the environment (database, port).
+    """
+
+    def __init__(self, message: str, exit_code: int = 2) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 def log_request(handler: tornado.web.RequestHandler) -> None:
@@ -175,7 +183,7 @@ class NotifyApp(tornado.web.Application):
         try:
             self.runner.run_sync(create_schema)
         except Exception as exc:
-            raise StartupError(f"cannot open the database: {_first_line(exc)}") from None
+            raise StartupError(f"cannot open the database: {_first_line(exc)}", exit_code=1) from None
         self.bus.bind(asyncio.get_running_loop())
         wire(self.bus, self.deps.broker, self.deps.manager)
         await self.deps.broker.start(deliver_to(self.deps.manager))
@@ -278,7 +286,7 @@ async def serve(config: Config) -> int:
         sockets = tornado.netutil.bind_sockets(config.port, config.address, backlog=8192)
     except OSError as exc:
         await app.stop()
-        raise StartupError(f"cannot listen on {config.address}:{config.port}: {exc.strerror}") from None
+        raise StartupError(f"cannot listen on {config.address}:{config.port}: {exc.strerror}", exit_code=1) from None
     server = tornado.httpserver.HTTPServer(
         app,
         # The API's own limit (413) is --max-body-kb; past four times that,
@@ -352,7 +360,7 @@ async def _create_user(config: Config, user_id: str, password: str, role: str) -
         try:
             runner.run_sync(create_schema)
         except Exception as exc:
-            raise StartupError(f"cannot open the database: {_first_line(exc)}") from None
+            raise StartupError(f"cannot open the database: {_first_line(exc)}", exit_code=1) from None
         await NotificationService(runner, EventBus(), None).create_user(check_user_id(user_id), password, role)
     finally:
         await asyncio.get_running_loop().run_in_executor(None, runner.close)
@@ -388,7 +396,7 @@ def main(argv: Sequence[str] | None = None, environ: Any = None) -> int:
         return asyncio.run(serve(config))
     except StartupError as exc:
         print(f"server.py: error: {exc}", file=sys.stderr)
-        return 2 if "JWT" in str(exc) or "--" in str(exc) else 1
+        return exc.exit_code
     except Exception as exc:  # a domain error from create-user (user exists, ...)
         message = getattr(exc, "message", None)
         if message is None:

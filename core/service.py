@@ -255,13 +255,16 @@ class NotificationService:
         if after is None:
             manager.go_live(device)
             return
-        floor, head = await self._read(lambda: (queries.pruned_through(), queries.head_cursor()))
+        last, oldest = await self._read(queries.history_bounds, device.user_id)
         if device.ended:
             return
-        if after < floor or after > head:
-            reset = Frame(encode_event(compact_json({"reason": "history-unavailable"}), event="reset", id=head))
+        # History reaches back to ``after`` when nothing after it is missing:
+        # the oldest event kept is at most the one right after it.
+        missing = after < last and (oldest is None or oldest > after + 1)
+        if after > last or missing:
+            reset = Frame(encode_event(compact_json({"reason": "history-unavailable"}), event="reset", id=last))
             manager.send_now(device, reset)
-            device.last_cursor = head
+            device.last_cursor = last
             manager.go_live(device)
             return
         device.last_cursor = after

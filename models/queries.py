@@ -10,9 +10,7 @@ from typing import Iterable
 
 from peewee import IntegrityError, fn
 
-from models.tables import Meta, Notification, StreamEvent, StreamTicket, User, database
-
-PRUNED_THROUGH = "pruned_through"
+from models.tables import Notification, StreamEvent, StreamTicket, User, UserCursor, database
 
 
 class Duplicate(Exception):
@@ -146,9 +144,32 @@ def delete_notification(notification: Notification) -> None:
 # -- the event log ------------------------------------------------------------
 
 
+def next_cursor(user_id: str) -> int:
+    """Take ``user_id``'s next cursor (1 for the first event).
+
+    One statement on both databases; the row it locks serialises writers for
+    this user until their transaction ends.
+    """
+    db = database.obj
+    sql = _NEXT_CURSOR_SQL.get(id(db))
+    if sql is None:
+        sql = _NEXT_CURSOR_SQL[id(db)] = (
+            f'INSERT INTO "user_cursors" ("user_id", "last") VALUES ({db.param}, 1) '
+            'ON CONFLICT ("user_id") DO UPDATE SET "last" = "user_cursors"."last" + 1 RETURNING "last"'
+        )
+    return database.execute_sql(sql, (user_id,)).fetchone()[0]
+
+
+_NEXT_CURSOR_SQL: dict[int, str] = {}
+
+
 def append_event(user_id: str, name: str | None, data: str, now_ms: int) -> int:
-    """Log one stream event; :returns: its cursor."""
-    return _insert_returning(StreamEvent, {"user_id": user_id, "name": name, "data": data, "created_at": now_ms}, "id")
+    """Log one stream event; :returns: its cursor on ``user_id``'s stream."""
+    cursor = next_cursor(user_id)
+    _insert_returning(
+        StreamEvent, {"user_id": user_id, "cursor": cursor, "name": name, "data": data, "created_at": now_ms}, "id"
+    )
+    return cursor
 
 
 def append_events(rows: Iterable[tuple[str, str | None, str]], now_ms: int) -> list[int]:
@@ -157,45 +178,33 @@ def append_events(rows: Iterable[tuple[str, str | None, str]], now_ms: int) -> l
 
 
 def events_after(user_id: str, cursor: int, limit: int) -> list[tuple[int, str | None, str]]:
-    """``user_id``'s events with a cursor above ``cursor``, oldest first."""
+    """``(cursor, name, data)`` of ``user_id``'s events after ``cursor``, oldest first."""
     query = (
-        StreamEvent.select(StreamEvent.id, StreamEvent.name, StreamEvent.data)
-        .where((StreamEvent.user_id == user_id) & (StreamEvent.id > cursor))
-        .order_by(StreamEvent.id)
+        StreamEvent.select(StreamEvent.cursor, StreamEvent.name, StreamEvent.data)
+        .where((StreamEvent.user_id == user_id) & (StreamEvent.cursor > cursor))
+        .order_by(StreamEvent.cursor)
         .limit(limit)
         .tuples()
     )
     return list(query)
 
 
-def head_cursor() -> int:
-    """The highest cursor ever handed out (0 for an empty log)."""
-    value = StreamEvent.select(fn.MAX(StreamEvent.id)).scalar()
-    pruned = pruned_through()
-    return max(int(value or 0), pruned)
+def history_bounds(user_id: str) -> tuple[int, int | None]:
+    """``(last cursor handed out, oldest cursor still kept)`` for ``user_id``.
 
-
-def pruned_through() -> int:
-    """The highest cursor removed by retention (0 if none was)."""
-    row = Meta.get_or_none(Meta.key == PRUNED_THROUGH)
-    return int(row.value) if row else 0
+    ``(0, None)`` for a user who never had an event.
+    """
+    last = UserCursor.select(UserCursor.last).where(UserCursor.user_id == user_id).scalar()
+    oldest = StreamEvent.select(fn.MIN(StreamEvent.cursor)).where(StreamEvent.user_id == user_id).scalar()
+    return int(last or 0), (int(oldest) if oldest is not None else None)
 
 
 def prune_events(cutoff_ms: int) -> int:
-    """Delete events older than ``cutoff_ms`` and remember the highest one removed.
+    """Delete events older than ``cutoff_ms``; :returns: how many.
 
-    :returns: how many were deleted.
+    The per-user counters stay, so cursors keep increasing after a prune.
     """
-    highest = StreamEvent.select(fn.MAX(StreamEvent.id)).where(StreamEvent.created_at < cutoff_ms).scalar()
-    if highest is None:
-        return 0
-    deleted = StreamEvent.delete().where(StreamEvent.id <= highest).execute()
-    current = pruned_through()
-    if highest > current:
-        Meta.insert(key=PRUNED_THROUGH, value=str(highest)).on_conflict(
-            conflict_target=[Meta.key], update={Meta.value: str(highest)}
-        ).execute()
-    return deleted
+    return StreamEvent.delete().where(StreamEvent.created_at < cutoff_ms).execute()
 
 
 # -- stream tickets -------------------------------------------------------------

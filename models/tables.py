@@ -57,7 +57,7 @@ class BaseModel(Model):
 
 
 class Meta(BaseModel):
-    """Key/value facts about the store: schema version, pruned cursor."""
+    """Key/value facts about the store (the schema version)."""
 
     key = CharField(primary_key=True, max_length=64)
     value = TextField()
@@ -97,8 +97,25 @@ class Notification(BaseModel):
         indexes = ((("user_id", "seq"), False), (("user_id", "read_at"), False))
 
 
+class UserCursor(BaseModel):
+    """The last stream cursor handed out for each user.
+
+    Cursors count 1, 2, 3... per user.  Taking the next one is an upsert of
+    this row, whose lock holds every other writer for the same user until
+    commit, so a user's events commit in cursor order even with several
+    processes writing, and a gap (3 arriving after 1) always means an event
+    still on its way, never one lost.
+    """
+
+    user_id = CharField(primary_key=True, max_length=128)
+    last = BigIntegerField()
+
+    class Meta:
+        table_name = "user_cursors"
+
+
 class StreamEvent(BaseModel):
-    """The event log: its id is the stream cursor, replayed on reconnect.
+    """The event log, replayed on reconnect from a user's cursor.
 
     Written in the same transaction as the change it announces, so no event
     exists without its row and the other way round.
@@ -106,13 +123,14 @@ class StreamEvent(BaseModel):
 
     id = CursorField()
     user_id = CharField(max_length=128)
+    cursor = BigIntegerField()
     name = CharField(max_length=64, null=True)
     data = TextField()
     created_at = BigIntegerField()
 
     class Meta:
         table_name = "stream_events"
-        indexes = ((("user_id", "id"), False), (("created_at",), False))
+        indexes = ((("user_id", "cursor"), True), (("created_at",), False))
 
 
 class StreamTicket(BaseModel):
@@ -128,7 +146,7 @@ class StreamTicket(BaseModel):
         table_name = "stream_tickets"
 
 
-TABLES = [Meta, User, Notification, StreamEvent, StreamTicket]
+TABLES = [Meta, User, Notification, UserCursor, StreamEvent, StreamTicket]
 
 # Later schema changes append (version, step) here; each step gets a
 # playhouse.migrate SchemaMigrator and runs inside one transaction.

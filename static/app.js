@@ -283,10 +283,13 @@ function renderConnection({ state, role, connectionId }) {
 // -- the inbox --------------------------------------------------------------------
 
 function addNotification(notification) {
-  if (demo.inbox.has(notification.notificationId)) return;   // from the list already
-  demo.inbox.set(notification.notificationId, notification);
-  if (!notification.readAt) demo.unread += 1;
-  renderInbox();
+  // The stream delivers each notification once, so it always toasts; but a
+  // list fetched a moment ago may hold it already (and count it as unread).
+  if (!demo.inbox.has(notification.notificationId)) {
+    demo.inbox.set(notification.notificationId, notification);
+    if (!notification.readAt) demo.unread += 1;
+    renderInbox();
+  }
   if (Date.now() - Date.parse(notification.createdAt) < TOAST_MAX_AGE_MS) showToast(notification);
 }
 

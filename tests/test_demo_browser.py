@@ -284,7 +284,7 @@ async def test_a_reopened_page_resumes_from_the_last_event_id(make_server, brows
 
     page = await context.new_page()
     streams: list[str] = []
-    page.on("request", lambda request: streams.append(request.url) if "/stream" in request.url else None)
+    page.on("request", lambda request: streams.append(request.url) if "/notifications/stream" in request.url else None)
     await page.goto(url(server))
     # Only the stream delivers events (the list does not): a toast means a replay.
     await page.wait_for_selector(f'.toast[data-id="{missed["notificationId"]}"]')
