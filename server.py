@@ -85,13 +85,15 @@ def log_request(handler: tornado.web.RequestHandler) -> None:
     access_log.log(level, "%d %s %s %.1fms", status, request.method, request.path, 1000.0 * request.request_time())
 
 
-def wire(bus: EventBus, broker: Broker, manager: ConnectionManager) -> None:
+def wire(bus: EventBus, broker: Broker, manager: ConnectionManager, service: NotificationService) -> None:
     """Connect the bus to the SSE manager through the broker (as in the seed).
 
-    Every stored change goes ``bus -> broker -> every process's manager``.
+    Every stored change goes ``bus -> broker -> every process's manager``; a
+    device that sees a cursor skip ahead catches up from the store.
     """
     for name in DOMAIN_EVENTS:
         bus.on(name, broker.publish)
+    manager.on_gap = lambda device: asyncio.ensure_future(service.catch_up(manager, device))
 
 
 def deliver_to(manager: ConnectionManager):
@@ -185,8 +187,8 @@ class NotifyApp(tornado.web.Application):
         except Exception as exc:
             raise StartupError(f"cannot open the database: {_first_line(exc)}", exit_code=1) from None
         self.bus.bind(asyncio.get_running_loop())
-        wire(self.bus, self.deps.broker, self.deps.manager)
-        await self.deps.broker.start(deliver_to(self.deps.manager))
+        wire(self.bus, self.deps.broker, self.deps.manager, self.service)
+        await self.deps.broker.start(deliver_to(self.deps.manager), self._resync, self.deps.manager.get_stats)
         self.deps.manager.start()
         if self.config.demo:
             for user_id, role in DEMO_USERS:
@@ -194,6 +196,10 @@ class NotifyApp(tornado.web.Application):
         await self.service.prune()
         self._prune = PeriodicCallback(self._run_prune, PRUNE_EVERY * 1000)
         self._prune.start()
+
+    def _resync(self) -> None:
+        """After the broker lost messages: catch every open stream up."""
+        asyncio.ensure_future(self.service.catch_up_all(self.deps.manager))
 
     async def _run_prune(self) -> None:
         try:

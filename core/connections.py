@@ -101,8 +101,10 @@ class Device:
         #: Highest cursor written to this device; later frames at or below it
         #: are duplicates from the replay/live handover and are skipped.
         self.last_cursor = 0
-        #: Live frames held back while history is replayed; None once live.
-        self.pending: list[tuple[int | None, Frame]] | None = []
+        #: Live frames held back while history is read (replay, catch-up);
+        #: None once live.  A None frame marks an event this device skips
+        #: (it originated it) but counts as seen.
+        self.pending: list[tuple[int | None, Frame | None]] | None = []
         self.expires_at = expires_at
         self.done: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         self.opened_at = time.monotonic()
@@ -140,6 +142,9 @@ class ConnectionManager:
         self._keepalive: PeriodicCallback | None = None
         self._expiry_timer: asyncio.TimerHandle | None = None
         self._started = time.monotonic()
+        #: Called with a live device whose next cursor skipped ahead (an
+        #: event is missing); the wiring makes it catch up from the store.
+        self.on_gap: Callable[[Device], Any] | None = None
         self.events_published = 0
         self.frames_sent = 0
         self.connections_dropped = 0
@@ -211,6 +216,10 @@ class ConnectionManager:
         """The open device with ``connection_id``, if any."""
         return self._devices.get(connection_id)
 
+    def all_devices(self) -> Iterable[Device]:
+        """Every open device of this process."""
+        return tuple(self._devices.values())
+
     def devices_of(self, user_id: str) -> Iterable[Device]:
         """The open devices of ``user_id``."""
         return tuple(self._users.get(user_id, {}).values())
@@ -230,13 +239,31 @@ class ConnectionManager:
         return self._write(device, frame, None)
 
     def go_live(self, device: Device) -> None:
-        """Flush the live frames queued during replay, then write directly."""
+        """Flush the live frames queued meanwhile, in cursor order, then write directly."""
         pending, device.pending = device.pending, None
-        for cursor, frame in pending or ():
+        if not pending:
+            return
+        # Frames from several processes may have arrived out of order.
+        pending.sort(key=lambda item: item[0] or 0)
+        for cursor, frame in pending:
             if device.ended:
                 return
-            if cursor is None or cursor > device.last_cursor:
+            if cursor is not None and cursor <= device.last_cursor:
+                continue
+            if frame is None:
+                device.last_cursor = cursor
+            else:
                 self._write(device, frame, cursor)
+
+    def hold(self, device: Device) -> bool:
+        """Queue live frames for a live device while it catches up.
+
+        :returns: False if it was already holding (a catch-up is under way).
+        """
+        if device.pending is not None or device.ended:
+            return False
+        device.pending = []
+        return True
 
     # -- fan-out ---------------------------------------------------------
 
@@ -276,18 +303,37 @@ class ConnectionManager:
         reached = 0
         # A copy: a failed write removes the device from the map mid-loop.
         for device in tuple(devices.values()):
-            if device.id == exclude:
-                continue
-            if device.pending is not None:
-                if len(device.pending) >= MAX_PENDING_FRAMES:
-                    self._drop(device)
-                    continue
-                device.pending.append((cursor, frame))
+            if self._offer(device, cursor, None if device.id == exclude else frame):
                 reached += 1
-            elif cursor is None or cursor > device.last_cursor:
-                if self._write(device, frame, cursor):
-                    reached += 1
         return reached
+
+    def _offer(self, device: Device, cursor: int | None, frame: Frame | None) -> bool:
+        """Write, queue or skip one event for one device; :returns: written or queued.
+
+        ``frame`` None: the device originated the event and skips it, but
+        its cursor counts as seen so it is not taken for a gap.
+        """
+        if device.pending is not None:
+            if len(device.pending) >= MAX_PENDING_FRAMES:
+                self._drop(device)
+                return False
+            device.pending.append((cursor, frame))
+            return frame is not None
+        if cursor is None:
+            return frame is not None and self._write(device, frame, None)
+        if cursor <= device.last_cursor:
+            return False
+        if cursor > device.last_cursor + 1 and self.on_gap is not None:
+            # The event before this one has not arrived (still on its way
+            # from another process, or lost while the broker was down):
+            # hold this one and read the missing ones from the store.
+            device.pending = [(cursor, frame)]
+            self.on_gap(device)
+            return frame is not None
+        if frame is None:
+            device.last_cursor = cursor
+            return False
+        return self._write(device, frame, cursor)
 
     def send_keep_alive(self, user_id: str | None = None) -> int:
         """Write ``: ping`` to the live devices of ``user_id`` (or of everyone).

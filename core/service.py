@@ -8,6 +8,8 @@ never fails the request: the event is stored and replays on reconnect.
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import json
 import logging
 import time
@@ -27,7 +29,7 @@ from core.auth import (
     verify_password,
 )
 from core.broker import StreamMessage
-from core.connections import ConnectionManager, Device
+from core.connections import SHUTDOWN, ConnectionManager, Device
 from core.errors import AuthError, BadRequest, Conflict, NotFound, Unavailable
 from core.event_bus import EventBus
 from core.sse import Frame, encode_event
@@ -46,6 +48,15 @@ DOMAIN_EVENTS = (NOTIFICATION_CREATED, NOTIFICATION_READ, NOTIFICATION_DELETED, 
 
 #: Events read from the log per query while replaying.
 REPLAY_PAGE = 500
+
+
+@dataclasses.dataclass(frozen=True)
+class StreamStart:
+    """Where a new stream begins: its cursor, and whether it replays or resets first."""
+
+    cursor: int
+    replay: bool = False
+    reset: bool = False
 
 
 def notification_json(row: Any) -> dict[str, Any]:
@@ -244,39 +255,73 @@ class NotificationService:
 
     # -- replay ------------------------------------------------------------
 
-    async def replay(self, manager: ConnectionManager, device: Device, after: int | None) -> None:
-        """Bring a subscribed device from ``after`` up to the live stream.
+    async def plan_stream(self, device: Device, after: int | None) -> StreamStart:
+        """Decide where a new stream starts; call before sending ``ready``.
 
-        The device was subscribed before this runs, so live events queue on
-        it meanwhile; the manager skips any cursor already sent.  History
-        that no longer reaches ``after`` (retention, or a cursor from
-        another database) gets ``event: reset`` instead.
+        Without ``after`` the device starts at the user's last cursor:
+        events committed from now on (cursor above it) reach the device,
+        and a later cursor skipping ahead is recognised as a gap.  With
+        ``after`` it replays from there, unless history no longer reaches
+        back that far (retention) or ``after`` is beyond the last cursor
+        (another database): then it gets ``event: reset``.
         """
-        if after is None:
-            manager.go_live(device)
-            return
         last, oldest = await self._read(queries.history_bounds, device.user_id)
-        if device.ended:
-            return
+        if after is None:
+            return StreamStart(cursor=last)
         # History reaches back to ``after`` when nothing after it is missing:
         # the oldest event kept is at most the one right after it.
         missing = after < last and (oldest is None or oldest > after + 1)
         if after > last or missing:
-            reset = Frame(encode_event(compact_json({"reason": "history-unavailable"}), event="reset", id=last))
-            manager.send_now(device, reset)
-            device.last_cursor = last
-            manager.go_live(device)
+            return StreamStart(cursor=last, reset=True)
+        return StreamStart(cursor=after, replay=True)
+
+    async def replay(self, manager: ConnectionManager, device: Device, start: StreamStart) -> None:
+        """Bring a subscribed, attached device from ``start`` to the live stream.
+
+        The device was subscribed before :meth:`plan_stream`, so live events
+        queue on it meanwhile; the manager skips any cursor already sent.
+        """
+        if device.ended:
             return
-        device.last_cursor = after
-        cursor = after
+        if start.reset:
+            reset = Frame(encode_event(compact_json({"reason": "history-unavailable"}), event="reset", id=start.cursor))
+            manager.send_now(device, reset)
+        device.last_cursor = start.cursor
+        if start.replay:
+            await self._send_history(manager, device)
+        else:
+            manager.go_live(device)
+
+    async def catch_up(self, manager: ConnectionManager, device: Device) -> None:
+        """Write what a live device missed since its last cursor, then go live again.
+
+        Called when a cursor skipped ahead, or after the broker lost
+        messages.  A failure ends the stream, so the client reconnects and
+        replays instead of silently missing events.
+        """
+        if device.pending is None:
+            manager.hold(device)
+        try:
+            await self._send_history(manager, device)
+        except Exception:
+            log.warning("catch-up of stream %s failed; ending it so the client replays", device.id, exc_info=True)
+            manager.unsubscribe(device, SHUTDOWN)
+
+    async def catch_up_all(self, manager: ConnectionManager) -> None:
+        """Catch every live stream up (after the broker was disconnected)."""
+        devices = [device for device in manager.all_devices() if manager.hold(device)]
+        await asyncio.gather(*(self.catch_up(manager, device) for device in devices))
+
+    async def _send_history(self, manager: ConnectionManager, device: Device) -> None:
+        """Write the device's events after its last cursor, page by page, then go live."""
         while True:
+            cursor = device.last_cursor
             rows = await self._read(queries.events_after, device.user_id, cursor, REPLAY_PAGE)
-            for event_id, name, data in rows:
-                if not manager.send_history(device, event_id, Frame(encode_event(data, event=name, id=event_id))):
+            for event_cursor, name, data in rows:
+                if not manager.send_history(device, event_cursor, Frame(encode_event(data, event=name, id=event_cursor))):
                     return
             if len(rows) < REPLAY_PAGE:
                 break
-            cursor = rows[-1][0]
             # Let this page leave user space before reading the next, so a
             # long history never trips the slow-reader bound.
             try:

@@ -28,7 +28,7 @@ class StatsHandler(BaseHandler):
         manager = self.deps.manager
         stats = manager.get_stats()
         if scope == "cluster":
-            stats = _sum_instances([stats])
+            stats = _sum_instances(await self.deps.broker.instances())
         if detail == "users":
             # A credential is required here: none at all is 401, not 403.
             require_admin(await self.authenticate())

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
-from typing import Any
+from typing import Any, Iterator
 
 import tornado.web
 
@@ -30,6 +31,18 @@ CONTENT_SECURITY_POLICY = "; ".join(
 )
 
 
+@contextlib.contextmanager
+def _as_not_found() -> Iterator[None]:
+    """Tornado answers 403 for paths it refuses; the same 404 as for a
+    missing file tells a prober nothing about what lies around the folder."""
+    try:
+        yield
+    except tornado.web.HTTPError as error:
+        if error.status_code != 403:
+            raise
+        raise tornado.web.HTTPError(404, "no such file") from None
+
+
 class StaticHandler(tornado.web.StaticFileHandler):
     """Files under ``static/``; anything outside it or missing is a JSON 404."""
 
@@ -51,6 +64,17 @@ class StaticHandler(tornado.web.StaticFileHandler):
         if content_type.startswith("text/") and "charset" not in content_type:
             content_type += "; charset=utf-8"
         return content_type
+
+    @classmethod
+    def get_absolute_path(cls, root: str, path: str) -> str:
+        """The file for ``path``; a path leading outside ``static/`` is a 404."""
+        with _as_not_found():
+            return super().get_absolute_path(root, path)
+
+    def validate_absolute_path(self, root: str, absolute_path: str) -> str | None:
+        """Tornado's checks; a directory or a link out of ``static/`` is a 404."""
+        with _as_not_found():
+            return super().validate_absolute_path(root, absolute_path)
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         """The same JSON error body as the API."""

@@ -31,6 +31,13 @@ class StreamHandler(BaseHandler):
         manager = self.deps.manager
         device = manager.subscribe(user_id, principal.expires_at)
         self._device = device
+        try:
+            start = await self.deps.service.plan_stream(device, after)
+        except Exception:
+            # Nothing is sent yet: the client gets a clean JSON error (503
+            # when the database is down) and EventSource may retry.
+            manager.unsubscribe(device)
+            raise
 
         self.set_header("Content-Type", "text/event-stream; charset=utf-8")
         self.set_header("Cache-Control", "no-cache, no-store")
@@ -59,7 +66,7 @@ class StreamHandler(BaseHandler):
             ),
         )
         try:
-            await self.deps.service.replay(manager, device, after)
+            await self.deps.service.replay(manager, device, start)
         except Exception:
             # The history could not be read (database down): end the stream
             # cleanly rather than leave a gap; the browser reconnects and

@@ -235,6 +235,7 @@ function startClient() {
     if (error?.permanent && client === demo.client) {
       leave();
       showLogin('Your session has ended (the token expired or was refused). Please sign in again.');
+      session.logout();   // forget it here and, for a cookie, in the other tabs
     }
   });
   client.start();

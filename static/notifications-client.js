@@ -70,10 +70,11 @@
  * Events for `on(name, fn)`: 'notification' (a new notification), 'read'
  * (`notification-read`), 'deleted' (`notification-deleted`), 'reset' (the
  * history did not reach the cursor; 'list' follows), 'token-expired',
- * 'ready' ({connectionId, userId, instanceId}), 'list' (the result of
- * `fetchList`), 'state' ({state, role, connectionId}), 'error', and any
- * other name, which subscribes to that named stream event.  Handlers get
- * `(data, meta)` where `meta` is `{ name, id }` (the SSE name and cursor).
+ * 'ready' ({connectionId, userId, instanceId}, on the tab holding the
+ * connection), 'list' (the result of `fetchList`), 'state' ({state, role,
+ * connectionId}), 'error', and any other name, which subscribes to that
+ * named stream event.  Handlers get `(data, meta)` where `meta` is
+ * `{ name, id }` (the SSE event name and cursor).
  */
 
 /** States shown by a connection indicator. */
@@ -244,8 +245,8 @@ export class NotificationsClient {
     } catch (error) {
       if (attempt !== this._attempt) return;
       if (error?.permanent) {
-        this._emit('error', error);
         this._stop();
+        this._emit('error', error);
       } else {
         this._failures += 1;
         this._scheduleReconnect('reconnect');

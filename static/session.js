@@ -8,9 +8,9 @@
  *   keeps only `{userId, expiresAt}` in localStorage, so that another tab of
  *   this browser ("Open another device") is signed in as the same user.
  * - A pasted token (JWT).  It lives in this tab's sessionStorage and goes in
- *   `Authorization: Bearer`.  Using one logs the browser out of its password
- *   session first: on the stream the cookie is read before a ticket, so a
- *   leftover cookie of another user would win.
+ *   `Authorization: Bearer`.  Using one for another user logs the browser
+ *   out of its password session: on the stream the cookie is read before a
+ *   ticket, so that user's cookie would win.
  *
  * Either way the stream is opened with a single-use stream ticket, so the
  * JWT itself never sits in a URL, a history entry or a server log.
@@ -90,7 +90,13 @@ export class Session {
     const claims = decodeClaims(token.trim());
     if (!claims) throw new Error('That is not a token with a user (sub) and an expiry (exp).');
     if (claims.exp * 1000 <= Date.now()) throw new Error('That token has expired.');
-    await dropCookie();
+    const cookieSession = Session.current();
+    if (cookieSession?.mode !== 'cookie' || cookieSession.userId !== claims.sub) {
+      // Another user's cookie (or one this page does not know of) would
+      // authenticate the stream instead of the ticket: sign it out.
+      localStorage.removeItem(SESSION_KEY);
+      await dropCookie();
+    }
     sessionStorage.setItem(TOKEN_KEY, token.trim());
     return new Session({ mode: 'token', userId: claims.sub, token: token.trim(), expiresAt: claims.exp * 1000 });
   }

@@ -21,6 +21,7 @@ import struct
 from typing import Any
 
 import pytest
+import tornado.ioloop
 
 from core.connections import SHUTDOWN
 from tests.conftest import need
@@ -30,7 +31,7 @@ try:
 except ImportError:  # pragma: no cover - exercised only where it is missing
     async_playwright = None
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = [pytest.mark.timeout(60), pytest.mark.usefixtures("no_error_logged")]
 
 #: As measured in STACK-NOTES: what makes Debian's chromium reliable here.
 CHROMIUM_ARGS = [
@@ -52,9 +53,25 @@ DOCS_PNG = pathlib.Path(__file__).resolve().parent.parent / "docs" / "demo.png"
 # -- fixtures ---------------------------------------------------------------------
 
 
-@pytest.fixture
-def browser(io_loop, make_server):
-    """A headless Chromium on the test's loop (after the server, closed before it)."""
+@pytest.fixture(scope="module")
+def io_loop():
+    """One loop for the module, so that one Chromium serves every test.
+
+    Playwright objects belong to the loop they were made on; launching
+    Chromium (and Playwright's driver) for each test would cost about a
+    second a test.  Each test still gets its own server and its own browser
+    context (cookies, storage, connection pool).
+    """
+    loop = tornado.ioloop.IOLoop()
+    loop.make_current()
+    yield loop
+    loop.clear_current()
+    loop.close(all_fds=True)
+
+
+@pytest.fixture(scope="module")
+def chromium(io_loop):
+    """Debian's headless Chromium, driven by Playwright on the module's loop."""
     path = need("chromium")
     if async_playwright is None:
         if os.environ.get("CI"):
@@ -71,14 +88,42 @@ def browser(io_loop, make_server):
             await playwright.stop()
             raise
 
-    playwright, chromium = io_loop.run_sync(launch)
-    yield chromium
+    playwright, browser = io_loop.run_sync(launch)
+    yield browser
 
     async def close():
         try:
-            await chromium.close()
+            await browser.close()
         finally:
             await playwright.stop()
+
+    io_loop.run_sync(close)
+
+
+class Browser:
+    """The module's Chromium for one test: the contexts it opens are closed after it."""
+
+    def __init__(self, browser: Any) -> None:
+        self._browser = browser
+        self.contexts: list[Any] = []
+
+    async def new_context(self, width: int = 1280, height: int = 800) -> Any:
+        """A fresh profile (cookies, storage, its own 6-connection pool)."""
+        context = await self._browser.new_context(viewport={"width": width, "height": height})
+        context.set_default_timeout(WAIT_MS)
+        self.contexts.append(context)
+        return context
+
+
+@pytest.fixture
+def browser(io_loop, chromium, make_server):
+    """Depends on ``make_server`` so its contexts close before the servers stop."""
+    wrapper = Browser(chromium)
+    yield wrapper
+
+    async def close():
+        for context in wrapper.contexts:
+            await context.close()
 
     io_loop.run_sync(close)
 
@@ -90,11 +135,8 @@ def url(server: Any, path: str = "/") -> str:
     return f"http://{server.host}:{server.port}{path}"
 
 
-async def new_context(browser: Any, width: int = 1280, height: int = 800) -> Any:
-    """A fresh browser profile (cookies, storage, connection pool of its own)."""
-    context = await browser.new_context(viewport={"width": width, "height": height})
-    context.set_default_timeout(WAIT_MS)
-    return context
+async def new_context(browser: Browser, width: int = 1280, height: int = 800) -> Any:
+    return await browser.new_context(width, height)
 
 
 def watch(page: Any, problems: list[str]) -> Any:
@@ -194,7 +236,6 @@ async def test_two_tabs_of_one_user_both_show_a_notification_sent_from_python(ma
         await wait_item(page, created["notificationId"])
         await wait_badge(page, 1)
     assert problems == []
-    await context.close()
 
 
 async def test_named_events_reach_a_listener_registered_with_on(make_server, browser):
@@ -214,7 +255,6 @@ async def test_named_events_reach_a_listener_registered_with_on(make_server, bro
 
     await page.wait_for_function("() => window.got.length === 1")
     assert await page.evaluate("window.got") == [{"build": 42}]
-    await context.close()
 
 
 async def test_marking_read_in_one_tab_updates_the_badge_in_the_other(make_server, browser):
@@ -238,7 +278,6 @@ async def test_marking_read_in_one_tab_updates_the_badge_in_the_other(make_serve
 
     await first.click(f'#inbox li[data-id="{two["notificationId"]}"] [data-action=delete]')
     await second.wait_for_selector(f'#inbox li[data-id="{two["notificationId"]}"]', state="detached")
-    await context.close()
 
 
 async def test_notifications_published_during_a_server_drop_arrive_once_after_the_reconnect(make_server, browser):
@@ -268,7 +307,6 @@ async def test_notifications_published_during_a_server_drop_arrive_once_after_th
     for notification in [before, *missed, after]:
         assert await deliveries(page, notification["notificationId"]) == 1, notification["message"]
     await wait_badge(page, 5)
-    await context.close()
 
 
 async def test_a_reopened_page_resumes_from_the_last_event_id(make_server, browser):
@@ -292,7 +330,6 @@ async def test_a_reopened_page_resumes_from_the_last_event_id(make_server, brows
     assert [entry["notificationId"] for entry in delivered] == [missed["notificationId"]]
     assert "lastEventId=" in streams[0]
     await wait_item(page, seen["notificationId"])  # from the list
-    await context.close()
 
 
 async def test_a_cursor_the_server_cannot_replay_brings_a_reset_and_a_fresh_list(make_server, browser):
@@ -311,7 +348,6 @@ async def test_a_cursor_the_server_cannot_replay_brings_a_reset_and_a_fresh_list
     new = await server.notify(USER, "after the reset")
     await wait_item(page, new["notificationId"])  # not mistaken for an old cursor
     assert await deliveries(page, new["notificationId"]) == 1
-    await context.close()
 
 
 async def test_a_token_that_expires_mid_stream_is_replaced_without_a_page_reload(make_server, browser):
@@ -351,7 +387,19 @@ async def test_a_token_that_expires_mid_stream_is_replaced_without_a_page_reload
     await page.fill("#send-message", "sent with the new token")
     await page.click("#send-form button[type=submit]")
     await page.wait_for_selector("#inbox li:has-text('sent with the new token')")
-    await context.close()
+
+
+async def test_an_expired_password_session_stops_and_asks_to_sign_in_again(make_server, browser):
+    server = await make_server(demo=True, token_ttl=2)
+    context = await new_context(browser)
+    page = await context.new_page()
+    await login(page, server)
+
+    # token-expired, then no credential left for a new ticket: stopped.
+    await page.wait_for_selector("#login-view:not([hidden])")
+    assert await page.get_attribute("#conn", "data-state") == "stopped"
+    assert "sign in again" in await page.text_content("#login-error")
+    await wait_devices(server, 0)
 
 
 async def test_without_shared_mode_only_six_of_eight_tabs_connect(make_server, browser):
@@ -368,6 +416,7 @@ async def test_without_shared_mode_only_six_of_eight_tabs_connect(make_server, b
         await asyncio.sleep(1.5)  # the quiet period: nothing more connects
         assert len(server.manager.devices_of(USER)) == 6, "HTTP/1.1 allows 6 connections per origin"
     finally:
+        # The stuck loads end only when their context closes.
         await context.close()
         await asyncio.gather(*loads, return_exceptions=True)
 
@@ -406,7 +455,6 @@ async def test_shared_mode_delivers_to_all_eight_tabs_over_one_connection(make_s
     assert status == 202
     await follower.wait_for_function("() => window.got.length === 1")
     assert problems == []
-    await context.close()
 
 
 async def test_closing_the_leader_tab_hands_over_without_losing_a_notification(make_server, browser):
@@ -437,7 +485,6 @@ async def test_closing_the_leader_tab_hands_over_without_losing_a_notification(m
         await wait_item(page, after["notificationId"])
         for notification in (before, during, after):
             assert await deliveries(page, notification["notificationId"]) == 1, notification["message"]
-    await context.close()
 
 
 async def test_page_works_by_keyboard_on_a_phone_sized_screen(make_server, browser):
@@ -464,7 +511,6 @@ async def test_page_works_by_keyboard_on_a_phone_sized_screen(make_server, brows
     # Focus stays on the row after it re-renders.
     assert await page.evaluate("document.activeElement.dataset.action") == "toggle-read"
     assert await page.evaluate("document.documentElement.scrollWidth <= window.innerWidth"), "no sideways scrolling"
-    await context.close()
 
 
 async def test_screenshot_of_the_demo_page(make_server, browser, tmp_path):
@@ -490,4 +536,3 @@ async def test_screenshot_of_the_demo_page(make_server, browser, tmp_path):
     assert png_size(shot.read_bytes()) == (1280, 800)
     if os.environ.get("UPDATE_DEMO_PNG"):
         DOCS_PNG.write_bytes(shot.read_bytes())
-    await context.close()

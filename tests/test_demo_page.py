@@ -13,7 +13,7 @@ import re
 
 import pytest
 
-pytestmark = pytest.mark.timeout(30)
+pytestmark = [pytest.mark.timeout(30), pytest.mark.usefixtures("no_error_logged")]
 
 STATIC = pathlib.Path(__file__).resolve().parent.parent / "static"
 
