@@ -611,7 +611,8 @@ class LoadGen:
         devices = collections.Counter(s.user_idx for s in self.streams)
         users = sorted(devices)
         token = mint_token(args.jwt_secret, "bench_publisher", "publisher", args.jwt_ttl)
-        pool = [Publisher(self.target, token, args.request_timeout)
+        publish_target = (args.host, args.publish_port or args.port)
+        pool = [Publisher(publish_target, token, args.request_timeout)
                 for _ in range(args.publishers)]
         await asyncio.gather(*(p.connect() for p in pool))
         idle = asyncio.Queue()
@@ -828,6 +829,9 @@ def parse_args(argv=None):
     ap.add_argument("scenario", choices=("conns", "peruser"))
     ap.add_argument("--host", default="127.0.0.1", help="server address (loopback only)")
     ap.add_argument("--port", type=int, default=8888)
+    ap.add_argument("--publish-port", type=int, default=None,
+                    help="peruser: POST to this port (another process of the same service) "
+                         "instead of --port, to measure cross-process delivery")
     ap.add_argument("--jwt-secret", required=True, help="the server's HS256 secret")
     ap.add_argument("--jwt-ttl", type=int, default=3600, help="token lifetime, seconds")
     ap.add_argument("--streams", "-n", type=int, default=3000, help="SSE streams to open")

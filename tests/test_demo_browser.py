@@ -1,8 +1,9 @@
 """The demo page and its browser client (``static/``) in a real Chromium.
 
 Playwright's async API drives Debian's ``/usr/bin/chromium`` (never a
-downloaded browser) on the test's own loop, the one the server runs on, so
-the server keeps serving while a test awaits the browser.  Every wait has a
+downloaded browser) on the loop the servers run on, so a server keeps
+serving while a test awaits the browser.  One Chromium serves the module;
+each test has its own server and browser context.  Every wait has a
 timeout.  Nothing sleeps its way to a state; the one quiet period is the
 check that something does *not* happen (the 7th and 8th tab never
 connecting), which has no event to wait for.
@@ -135,10 +136,6 @@ def url(server: Any, path: str = "/") -> str:
     return f"http://{server.host}:{server.port}{path}"
 
 
-async def new_context(browser: Browser, width: int = 1280, height: int = 800) -> Any:
-    return await browser.new_context(width, height)
-
-
 def watch(page: Any, problems: list[str]) -> Any:
     """Collect uncaught page errors and CSP violations into ``problems``."""
     page.on("pageerror", lambda error: problems.append(f"pageerror: {error}"))
@@ -219,7 +216,7 @@ def png_size(data: bytes) -> tuple[int, int]:
 
 async def test_two_tabs_of_one_user_both_show_a_notification_sent_from_python(make_server, browser):
     server = await make_server(demo=True)
-    context = await new_context(browser)
+    context = await browser.new_context()
     problems: list[str] = []
     first = watch(await context.new_page(), problems)
     await login(first, server)
@@ -240,7 +237,7 @@ async def test_two_tabs_of_one_user_both_show_a_notification_sent_from_python(ma
 
 async def test_named_events_reach_a_listener_registered_with_on(make_server, browser):
     server = await make_server(demo=True)
-    context = await new_context(browser)
+    context = await browser.new_context()
     page = await context.new_page()
     await login(page, server)
     await page.evaluate(
@@ -259,7 +256,7 @@ async def test_named_events_reach_a_listener_registered_with_on(make_server, bro
 
 async def test_marking_read_in_one_tab_updates_the_badge_in_the_other(make_server, browser):
     server = await make_server(demo=True)
-    context = await new_context(browser)
+    context = await browser.new_context()
     first = await context.new_page()
     await login(first, server)
     second = await open_device(first)
@@ -282,7 +279,7 @@ async def test_marking_read_in_one_tab_updates_the_badge_in_the_other(make_serve
 
 async def test_notifications_published_during_a_server_drop_arrive_once_after_the_reconnect(make_server, browser):
     server = await make_server(demo=True)
-    context = await new_context(browser)
+    context = await browser.new_context()
     page = await context.new_page()
     await login(page, server)
     before = await server.notify(USER, "before the drop")
@@ -311,7 +308,7 @@ async def test_notifications_published_during_a_server_drop_arrive_once_after_th
 
 async def test_a_reopened_page_resumes_from_the_last_event_id(make_server, browser):
     server = await make_server(demo=True)
-    context = await new_context(browser)
+    context = await browser.new_context()
     page = await context.new_page()
     await login(page, server)
     seen = await server.notify(USER, "seen")
@@ -334,7 +331,7 @@ async def test_a_reopened_page_resumes_from_the_last_event_id(make_server, brows
 
 async def test_a_cursor_the_server_cannot_replay_brings_a_reset_and_a_fresh_list(make_server, browser):
     server = await make_server(demo=True)
-    context = await new_context(browser)
+    context = await browser.new_context()
     page = await context.new_page()
     await login(page, server)
     old = await server.notify(USER, "before the reset")
@@ -352,7 +349,7 @@ async def test_a_cursor_the_server_cannot_replay_brings_a_reset_and_a_fresh_list
 
 async def test_a_token_that_expires_mid_stream_is_replaced_without_a_page_reload(make_server, browser):
     server = await make_server()
-    context = await new_context(browser)
+    context = await browser.new_context()
     page = await context.new_page()
     minted: list[str] = []
 
@@ -391,7 +388,7 @@ async def test_a_token_that_expires_mid_stream_is_replaced_without_a_page_reload
 
 async def test_an_expired_password_session_stops_and_asks_to_sign_in_again(make_server, browser):
     server = await make_server(demo=True, token_ttl=2)
-    context = await new_context(browser)
+    context = await browser.new_context()
     page = await context.new_page()
     await login(page, server)
 
@@ -404,7 +401,7 @@ async def test_an_expired_password_session_stops_and_asks_to_sign_in_again(make_
 
 async def test_without_shared_mode_only_six_of_eight_tabs_connect(make_server, browser):
     server = await make_server(demo=True)
-    context = await new_context(browser)
+    context = await browser.new_context()
     first = await context.new_page()
     await login(first, server)
     others = [await context.new_page() for _ in range(7)]
@@ -423,7 +420,7 @@ async def test_without_shared_mode_only_six_of_eight_tabs_connect(make_server, b
 
 async def test_shared_mode_delivers_to_all_eight_tabs_over_one_connection(make_server, browser):
     server = await make_server(demo=True)
-    context = await new_context(browser)
+    context = await browser.new_context()
     problems: list[str] = []
     first = watch(await context.new_page(), problems)
     await login(first, server)
@@ -459,7 +456,7 @@ async def test_shared_mode_delivers_to_all_eight_tabs_over_one_connection(make_s
 
 async def test_closing_the_leader_tab_hands_over_without_losing_a_notification(make_server, browser):
     server = await make_server(demo=True)
-    context = await new_context(browser)
+    context = await browser.new_context()
     first = await context.new_page()
     await login(first, server)
     await turn_on_shared_mode(first)
@@ -489,7 +486,7 @@ async def test_closing_the_leader_tab_hands_over_without_losing_a_notification(m
 
 async def test_page_works_by_keyboard_on_a_phone_sized_screen(make_server, browser):
     server = await make_server(demo=True)
-    context = await new_context(browser, width=375, height=740)
+    context = await browser.new_context(width=375, height=740)
     page = await context.new_page()
     await page.goto(url(server))
     await page.keyboard.press("Tab")
@@ -515,7 +512,7 @@ async def test_page_works_by_keyboard_on_a_phone_sized_screen(make_server, brows
 
 async def test_screenshot_of_the_demo_page(make_server, browser, tmp_path):
     server = await make_server(demo=True)
-    context = await new_context(browser, width=1280, height=800)
+    context = await browser.new_context(width=1280, height=800)
     page = await context.new_page()
     await login(page, server)
     await page.click("#send-form button[type=submit]")  # the form's default: a success
