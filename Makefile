@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PORT   ?= 8888
 
-.PHONY: install run test bench bench-quick clean
+.PHONY: install run test test-sqlite test-postgres bench bench-quick clean
 
 $(STAMP): requirements.txt requirements-dev.txt bench/requirements.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -19,9 +19,19 @@ install: $(STAMP)
 run: install
 	$(BIN)/python server.py --demo --port $(PORT) --db-url sqlite:///notifications.db
 
-## The whole suite (CI sets CI=true: a missing dependency fails instead of skipping).
-test: install
+## The whole suite, over SQLite and then over PostgreSQL (CI sets CI=true: a
+## missing dependency, PostgreSQL included, fails instead of skipping).
+test: test-sqlite
+	$(MAKE) --no-print-directory test-postgres
+
+test-sqlite: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+## Each server under test gets a fresh schema in NOTIFY_TEST_PG_URL (default
+## postgresql://postgres@127.0.0.1:5432/test); outside CI the pass is skipped
+## when that database does not answer.
+test-postgres: install
+	NOTIFY_TEST_DB=postgresql $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 ## Benchmarks (see docs/PERFORMANCE.md).
 bench: install

@@ -43,6 +43,7 @@ class Config:
     max_body_kb: int = 256
     retry_ms: int = 2000
     log_level: str = "info"
+    processes: int = 1
     #: Filled in by :func:`core.auth.load_keys` at start-up, never from a flag.
     jwt_public_key_pem: bytes = b""
 
@@ -100,6 +101,7 @@ OPTIONS: Sequence[tuple[str, Any, str]] = (
     ("--max-body-kb", _positive(int), "largest request body in KiB (413 above)"),
     ("--retry-ms", _positive(int), "reconnect delay suggested to browsers (SSE retry field)"),
     ("--log-level", str, "debug, info, warning or error"),
+    ("--processes", _positive(int), "serving processes on this machine, sharing the port (above 1 needs --redis-url)"),
 )
 
 

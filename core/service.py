@@ -398,6 +398,10 @@ class NotificationService:
             log.info("retention removed %d stream events older than %s days", removed, self.history_days)
         return removed
 
+    async def checkpoint(self) -> None:
+        """Fold SQLite's write-ahead log into the database file (off the writer)."""
+        await self._read(queries.checkpoint)
+
     async def check_database(self) -> bool:
         """Whether the database answers a trivial query."""
         try:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import secrets
 from typing import Iterable
 
-from peewee import IntegrityError, fn
+from peewee import IntegrityError, SqliteDatabase, fn
 
 from models.tables import Notification, StreamEvent, StreamTicket, User, UserCursor, database
 
@@ -61,6 +61,10 @@ def upsert_user(user_id: str, password_hash: str, role: str, now_ms: int) -> Non
 
 def get_user(user_id: str) -> User | None:
     """The user with ``user_id``, or None."""
+    if "\x00" in user_id:
+        # No id holds NUL (ids are validated), and PostgreSQL refuses the
+        # parameter outright: answer "no such user" as SQLite would.
+        return None
     return User.get_or_none(User.user_id == user_id)
 
 
@@ -88,12 +92,17 @@ def insert_notification(
         "created_at": now_ms,
         "read_at": None,
     }
-    seq = _insert_returning(Notification, fields, "seq")
+    # The raw insert skips peewee's conversions: apply the message's own
+    # (NUL on PostgreSQL, see NulSafeTextField).
+    seq = _insert_returning(Notification, dict(fields, message=Notification.message.db_value(message)), "seq")
     return Notification(seq=seq, **fields)
 
 
 def get_notification(user_id: str, notification_id: str) -> Notification | None:
     """``user_id``'s notification ``notification_id`` (None for anyone else's)."""
+    if "\x00" in notification_id:
+        # Ids are "ntf_" + hex; PostgreSQL would refuse this parameter (a 500).
+        return None
     return Notification.get_or_none((Notification.id == notification_id) & (Notification.user_id == user_id))
 
 
@@ -239,6 +248,16 @@ def take_ticket(ticket_hash: str, now_ms: int) -> StreamTicket | None:
 def prune_tickets(now_ms: int) -> int:
     """Forget expired tickets."""
     return StreamTicket.delete().where(StreamTicket.expires_at <= now_ms).execute()
+
+
+def checkpoint() -> None:
+    """Copy SQLite's write-ahead log back into the database file.
+
+    PASSIVE never waits for, or blocks, the writer; run periodically off the
+    writer thread so that commits never pay for it.  Nothing on PostgreSQL.
+    """
+    if isinstance(database.obj, SqliteDatabase) and database.obj.database != ":memory:":
+        database.execute_sql("PRAGMA wal_checkpoint(PASSIVE)")
 
 
 def ping() -> bool:

@@ -8,6 +8,7 @@ SQLite and PostgreSQL, cheap to compare for retention, and formatted to ISO
 from __future__ import annotations
 
 import logging
+import re
 import urllib.parse
 from typing import Callable
 
@@ -49,6 +50,38 @@ class CursorField(BigAutoField):
         return node
 
 
+def _on_postgresql() -> bool:
+    return isinstance(database.obj, PostgresqlDatabase)
+
+
+class NulSafeTextField(TextField):
+    """Text that may contain NUL (U+0000) on PostgreSQL too.
+
+    SQLite stores NUL; PostgreSQL's ``text`` cannot (psycopg2 refuses the
+    parameter), yet a notification message may carry one and must come back
+    as sent on both.  On PostgreSQL the value is stored with NUL written as
+    U+FFFF ``0`` and U+FFFF doubled: reversible, and every text without NUL
+    or U+FFFF (a Unicode noncharacter) is stored unchanged.  SQLite is left
+    as it was.
+    """
+
+    def db_value(self, value):
+        """The stored form (escaped on PostgreSQL only)."""
+        if isinstance(value, str) and ("\x00" in value or "\uffff" in value) and _on_postgresql():
+            value = value.replace("\uffff", "\uffff\uffff").replace("\x00", "\uffff0")
+        return super().db_value(value)
+
+    def python_value(self, value):
+        """The text as sent (unescaped on PostgreSQL only)."""
+        value = super().python_value(value)
+        if isinstance(value, str) and "\uffff" in value and _on_postgresql():
+            value = _NUL_ESCAPE.sub(lambda match: "\x00" if match.group(1) == "0" else match.group(1), value)
+        return value
+
+
+_NUL_ESCAPE = re.compile("\uffff(.)", re.DOTALL)
+
+
 class BaseModel(Model):
     """Every table lives in :data:`database`."""
 
@@ -85,7 +118,7 @@ class Notification(BaseModel):
     id = CharField(unique=True, max_length=40)
     user_id = CharField(max_length=128)
     type = CharField(max_length=16)
-    message = TextField()
+    message = NulSafeTextField()
     action_url = TextField(null=True)
     source_type = CharField(max_length=64, null=True)
     data = TextField(null=True)
@@ -166,6 +199,11 @@ def open_database(url: str) -> Database:
             # writer commits; synchronous=normal is durable across process
             # crashes in WAL mode, which is what a restart needs.
             pragmas.update({"journal_mode": "wal", "synchronous": "normal"})
+            # No connection checkpoints on its own: SQLite would do it inside
+            # the commit that crosses 1000 pages, fsyncs included, delaying
+            # every publish in that batch.  checkpoint() runs it from a
+            # reader thread instead (see queries.checkpoint).
+            pragmas["wal_autocheckpoint"] = 0
         return SqliteDatabase(path, pragmas=pragmas, check_same_thread=False)
     if url.startswith(("postgresql://", "postgres://")):
         parts = urllib.parse.urlparse(url)
@@ -193,17 +231,41 @@ def create_schema() -> int:
     """
     db = database.obj
     with db.atomic():
+        _lock_schema(db)
         db.create_tables(TABLES, safe=True)
-        row = Meta.get_or_none(Meta.key == "schema_version")
-        version = int(row.value) if row else 0
+        version = _schema_version()
         if version == 0:
             Meta.insert(key="schema_version", value=str(SCHEMA_VERSION)).on_conflict_ignore().execute()
             version = SCHEMA_VERSION
     for target, step in MIGRATIONS:
         if target > version:
             with db.atomic():
-                migrate(*step(SchemaMigrator.from_database(db)))
-                Meta.update(value=str(target)).where(Meta.key == "schema_version").execute()
-            log.info("migrated schema to version %d", target)
+                _lock_schema(db)
+                # Another process may have migrated while this one waited.
+                if _schema_version() < target:
+                    migrate(*step(SchemaMigrator.from_database(db)))
+                    Meta.update(value=str(target)).where(Meta.key == "schema_version").execute()
+                    log.info("migrated schema to version %d", target)
             version = target
     return version
+
+
+#: Key of the PostgreSQL advisory lock that serialises schema changes.
+_SCHEMA_LOCK = 0x6E6F7469  # "noti"
+
+
+def _lock_schema(db: Database) -> None:
+    """On PostgreSQL, hold off other processes' schema changes until commit.
+
+    Two processes creating the same tables at once (several processes or
+    hosts starting against a fresh database) make PostgreSQL fail one with
+    a duplicate key in ``pg_type``; ``IF NOT EXISTS`` does not cover the
+    race.  SQLite's write lock already serialises them.
+    """
+    if isinstance(db, PostgresqlDatabase):
+        db.execute_sql("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
+
+
+def _schema_version() -> int:
+    row = Meta.get_or_none(Meta.key == "schema_version")
+    return int(row.value) if row else 0

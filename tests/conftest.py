@@ -1,15 +1,21 @@
-"""Shared fixtures: a real server on a real socket over a real SQLite file.
+"""Shared fixtures: a real server on a real socket over a real database.
 
 ``server`` is the server with default settings; ``make_server(**settings)``
 starts another with other settings (a short keep-alive, a device cap...).
 Both run on the test's IOLoop, so tests talk to them over loopback with
 :mod:`tests.support.sse`.
+
+The database is a fresh SQLite file per server, or, with
+``NOTIFY_TEST_DB=postgresql``, a fresh schema per server in the PostgreSQL
+database ``NOTIFY_TEST_PG_URL`` (default the local ``test`` database).
+``make test`` runs the suite once with each.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import secrets
 import shutil
 import urllib.parse
 from typing import Any, Callable
@@ -25,16 +31,54 @@ from tests.support.sse import SSEClient, http_json
 
 SECRET = "test-secret-" + "x" * 20
 
+#: The database servers under test use: "sqlite" (default) or "postgresql".
+TEST_DB = os.environ.get("NOTIFY_TEST_DB", "sqlite").strip().lower()
+#: The PostgreSQL database that holds one throw-away schema per server.
+PG_URL = os.environ.get("NOTIFY_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
+if TEST_DB not in ("sqlite", "postgresql"):
+    raise RuntimeError(f"NOTIFY_TEST_DB must be sqlite or postgresql, not {TEST_DB!r}")
 
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Under CI a missing external program is a failure, never a skip."""
-    if not os.environ.get("CI"):
+#: Marks a test that checks something only SQLite has; skipped under PostgreSQL.
+sqlite_only = pytest.mark.skipif(TEST_DB == "postgresql", reason="SQLite-specific behaviour")
+
+
+def _pg_connect():
+    """A psycopg2 connection (autocommit) to :data:`PG_URL`, for schema set-up."""
+    import psycopg2
+
+    parts = urllib.parse.urlparse(PG_URL)
+    connection = psycopg2.connect(
+        dbname=parts.path.lstrip("/") or "postgres",
+        user=urllib.parse.unquote(parts.username or "") or None,
+        password=urllib.parse.unquote(parts.password or "") or None,
+        host=parts.hostname,
+        port=parts.port,
+        connect_timeout=5,
+    )
+    connection.autocommit = True
+    return connection
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Under ``NOTIFY_TEST_DB=postgresql``, stop early if PostgreSQL is not there.
+
+    Locally the PostgreSQL pass is then skipped as a whole (exit 0 with the
+    reason); under CI it is a failure, as for any missing service.
+    """
+    if TEST_DB != "postgresql":
         return
-    for item in items:
-        for marker in item.iter_markers("needs"):
-            for program in marker.args:
-                if shutil.which(program) is None:
-                    item.add_marker(pytest.mark.xfail(reason=f"{program} missing under CI", strict=True, run=False))
+    try:
+        _pg_connect().close()
+    except Exception as exc:
+        reason = f"PostgreSQL at {PG_URL} is not reachable: {str(exc).strip().splitlines()[0]}"
+        if os.environ.get("CI"):
+            pytest.exit(reason, returncode=1)
+        pytest.exit(f"skipping the PostgreSQL pass: {reason}", returncode=0)
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    """Say which database this run is for (the suite runs once per database)."""
+    return f"database under test: {TEST_DB}" + (f" ({PG_URL}, a schema per server)" if TEST_DB == "postgresql" else "")
 
 
 def need(program: str) -> str:
@@ -114,21 +158,59 @@ class _Starting:
 
 
 @pytest.fixture
-def make_server(io_loop, tmp_path) -> Callable[..., Server]:
+def new_db_url(tmp_path) -> Callable[[str], str]:
+    """``new_db_url(name)``: the ``--db-url`` of a fresh, empty database.
+
+    A SQLite file under ``tmp_path``, or, under ``NOTIFY_TEST_DB=postgresql``,
+    a new schema selected through the URL's ``options=-csearch_path=...``
+    (passed on to ``psycopg2.connect``), dropped with everything in it after
+    the test.  Servers using it must be stopped before then (fixtures that
+    depend on this one are torn down first).
+    """
+    schemas: list[str] = []
+
+    def create(name: str) -> str:
+        if TEST_DB == "sqlite":
+            return f"sqlite:///{tmp_path}/{name}.db"
+        # Unique across tests, runs and parallel CI jobs sharing the database.
+        schema = f"t_{os.getpid()}_{secrets.token_hex(4)}"
+        connection = _pg_connect()
+        try:
+            connection.cursor().execute(f'CREATE SCHEMA "{schema}"')
+        finally:
+            connection.close()
+        schemas.append(schema)
+        return f"{PG_URL}?options=-csearch_path%3D{schema}"
+
+    yield create
+    if schemas:
+        connection = _pg_connect()
+        try:
+            for schema in schemas:
+                connection.cursor().execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+        finally:
+            connection.close()
+
+
+@pytest.fixture
+def make_server(io_loop, new_db_url) -> Callable[..., Server]:
     """Start servers with given settings; all are stopped after the test.
 
     In a fixture (loop not running) ``make_server(**settings)`` returns the
     running :class:`Server`; inside an async test, ``await make_server(...)``.
+    Each server gets its own fresh database (see :func:`new_db_url`) unless
+    ``db_url`` is given.
     """
     started: list[tuple[NotifyApp, tornado.httpserver.HTTPServer]] = []
 
     def build(settings: dict[str, Any]) -> NotifyApp:
         values = {
-            "db_url": f"sqlite:///{tmp_path}/notify-{len(started)}.db",
             "jwt_secret": SECRET,
             "keepalive_interval": 30.0,
         }
         values.update(settings)
+        if "db_url" not in values:
+            values["db_url"] = new_db_url(f"notify-{len(started)}")
         return make_app(Config(**values))
 
     def listen(app: NotifyApp) -> Server:
@@ -159,7 +241,7 @@ def make_server(io_loop, tmp_path) -> Callable[..., Server]:
 
 @pytest.fixture
 def server(make_server) -> Server:
-    """A server with default settings over a fresh SQLite file."""
+    """A server with default settings over a fresh database (SQLite file or PostgreSQL schema)."""
     return make_server()
 
 
@@ -175,3 +257,20 @@ def no_error_logged(caplog):
     yield
     failures = [record for record in caplog.get_records("call") if record.levelno >= logging.ERROR or record.exc_info]
     assert not failures, [record.getMessage() for record in failures]
+
+
+@pytest.fixture
+def redis_server(tmp_path):
+    """A real ``redis-server`` on a free port, stopped after the test.
+
+    Tests stop and restart it (same port) to simulate an outage.  Skipped
+    when ``redis-server`` is not installed (a failure under CI).
+    """
+    from tests.support.redis_server import RedisServer
+
+    directory = tmp_path / "redis"
+    directory.mkdir()
+    redis = RedisServer(need("redis-server"), str(directory))
+    redis.start()
+    yield redis
+    redis.stop()

@@ -65,6 +65,7 @@ def test_defaults_match_the_contract():
     assert config.max_devices_per_user == 10
     assert config.demo is False
     assert config.cookie_secure is False
+    assert config.processes == 1
 
 
 def test_no_flags_and_no_environment_give_the_dataclass_defaults():
@@ -101,6 +102,7 @@ ENV_VALUES = {
     "--max-body-kb": ("16", 16),
     "--retry-ms": ("500", 500),
     "--log-level": ("debug", "debug"),
+    "--processes": ("4", 4),
 }
 
 
