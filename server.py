@@ -84,7 +84,8 @@ def log_request(handler: tornado.web.RequestHandler) -> None:
     credentials.
     """
     status = handler.get_status()
-    level = logging.INFO if status < 400 else logging.WARNING if status < 500 else logging.ERROR
+    # 503 is an answer (a dependency is down, /health says so), not a bug.
+    level = logging.INFO if status < 400 else logging.WARNING if status < 500 or status == 503 else logging.ERROR
     request = handler.request
     access_log.log(level, "%d %s %s %.1fms", status, request.method, request.path, 1000.0 * request.request_time())
 

@@ -92,7 +92,7 @@ class IOStreamWriter:
 class Device:
     """One open stream of one user (a browser tab, a phone)."""
 
-    __slots__ = ("id", "user_id", "writer", "last_cursor", "pending", "expires_at", "done", "opened_at")
+    __slots__ = ("id", "user_id", "writer", "last_cursor", "pending", "stale", "expires_at", "done", "opened_at")
 
     def __init__(self, user_id: str, expires_at: float | None) -> None:
         self.id = "c_" + secrets.token_hex(8)
@@ -105,6 +105,9 @@ class Device:
         #: None once live.  A None frame marks an event this device skips
         #: (it originated it) but counts as seen.
         self.pending: list[tuple[int | None, Frame | None]] | None = []
+        #: Set when messages may have been lost while the device was still
+        #: reading history: it catches up once more when it goes live.
+        self.stale = False
         self.expires_at = expires_at
         self.done: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         self.opened_at = time.monotonic()
@@ -241,8 +244,6 @@ class ConnectionManager:
     def go_live(self, device: Device) -> None:
         """Flush the live frames queued meanwhile, in cursor order, then write directly."""
         pending, device.pending = device.pending, None
-        if not pending:
-            return
         # Frames from several processes may have arrived out of order.
         pending.sort(key=lambda item: item[0] or 0)
         for cursor, frame in pending:
@@ -254,6 +255,10 @@ class ConnectionManager:
                 device.last_cursor = cursor
             else:
                 self._write(device, frame, cursor)
+        if device.stale and self.on_gap is not None and not device.ended:
+            device.stale = False
+            device.pending = []
+            self.on_gap(device)
 
     def hold(self, device: Device) -> bool:
         """Queue live frames for a live device while it catches up.

@@ -309,7 +309,14 @@ class NotificationService:
 
     async def catch_up_all(self, manager: ConnectionManager) -> None:
         """Catch every live stream up (after the broker was disconnected)."""
-        devices = [device for device in manager.all_devices() if manager.hold(device)]
+        devices = []
+        for device in manager.all_devices():
+            if manager.hold(device):
+                devices.append(device)
+            else:
+                # Still reading history: its last page may predate what was
+                # lost, so it catches up again once it goes live.
+                device.stale = True
         await asyncio.gather(*(self.catch_up(manager, device) for device in devices))
 
     async def _send_history(self, manager: ConnectionManager, device: Device) -> None:

@@ -37,15 +37,21 @@ class StatsHandler(BaseHandler):
 
 
 def _sum_instances(instances: list[dict]) -> dict:
-    """Totals over instances, with the list of them under ``instances``."""
+    """Totals over instances, with the list of them under ``instances``.
+
+    A heartbeat written by another version may lack a key: it counts as 0.
+    """
     total: dict = {"instances": instances}
     for key in ("activeUsers", "totalDevices", "eventsPublished", "framesSent", "connectionsOpened", "connectionsDropped"):
-        total[key] = sum(instance[key] for instance in instances)
-    total["maxDevicesPerUser"] = max((instance["maxDevicesPerUser"] for instance in instances), default=0)
-    total["deviceLimitPerUser"] = max((instance["deviceLimitPerUser"] for instance in instances), default=0)
-    total["uptimeSeconds"] = max((instance["uptimeSeconds"] for instance in instances), default=0)
-    total["instanceId"] = instances[0]["instanceId"] if instances else None
+        total[key] = sum(_number(instance.get(key)) for instance in instances)
+    for key in ("maxDevicesPerUser", "deviceLimitPerUser", "uptimeSeconds"):
+        total[key] = max((_number(instance.get(key)) for instance in instances), default=0)
+    total["instanceId"] = instances[0].get("instanceId") if instances else None
     return total
+
+
+def _number(value: object) -> float:
+    return value if isinstance(value, (int, float)) and not isinstance(value, bool) else 0
 
 
 class SSEHealthHandler(BaseHandler):

@@ -19,6 +19,8 @@ from typing import Any, Callable
 
 from peewee import Database, InterfaceError, OperationalError
 
+from models.tables import database
+
 log = logging.getLogger("notify.db")
 
 #: Jobs committed together at most; bounds a transaction's size and latency.
@@ -72,7 +74,9 @@ class DatabaseRunner:
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._writer = threading.Thread(target=self._write_loop, name="db-writer", daemon=True)
         self._readers = (
-            concurrent.futures.ThreadPoolExecutor(max_workers=readers, thread_name_prefix="db-reader")
+            concurrent.futures.ThreadPoolExecutor(
+                max_workers=readers, thread_name_prefix="db-reader", initializer=database.bind_thread, initargs=(db,)
+            )
             if readers > 0
             else None
         )
@@ -127,6 +131,7 @@ class DatabaseRunner:
             raise _translate(exc) from exc
 
     def _write_loop(self) -> None:
+        database.bind_thread(self.db)
         while True:
             first = self._queue.get()
             if first is _STOP:

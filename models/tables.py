@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
 import urllib.parse
 from typing import Callable
 
@@ -29,7 +30,42 @@ from playhouse.migrate import SchemaMigrator, migrate
 
 log = logging.getLogger("notify.db")
 
-database = DatabaseProxy()
+class ThreadBoundProxy(DatabaseProxy):
+    """The models' database, which a thread may bind to its own.
+
+    Every query runs on a runner thread (see :mod:`models.runner`), and each
+    runner binds its threads to the database it was built for.  One process
+    normally has one; tests build several applications in one process, and
+    without this their queries would all go to the last one initialised.
+    Threads that bound nothing use the one given to ``initialize()``.
+    """
+
+    __slots__ = ("_local", "_default")
+
+    def __init__(self) -> None:
+        self._local = threading.local()
+        self._default: Database | None = None
+        super().__init__()
+
+    @property
+    def obj(self) -> Database | None:  # type: ignore[override]
+        """This thread's database, else the process default."""
+        return getattr(self._local, "db", None) or self._default
+
+    @obj.setter
+    def obj(self, value: Database | None) -> None:
+        self._default = value
+
+    def __setattr__(self, attr: str, value: object) -> None:
+        # peewee's Proxy only allows its own slots; ``obj`` is a property here.
+        object.__setattr__(self, attr, value)
+
+    def bind_thread(self, db: Database) -> None:
+        """Make ``db`` this thread's database."""
+        self._local.db = db
+
+
+database = ThreadBoundProxy()
 
 SCHEMA_VERSION = 1
 

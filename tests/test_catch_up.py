@@ -10,6 +10,9 @@ way a broker would.
 
 from __future__ import annotations
 
+import asyncio
+import time
+
 import pytest
 
 from core.validation import compact_json
@@ -74,3 +77,28 @@ async def test_the_originator_skipping_its_own_event_is_not_taken_for_a_gap(serv
     event = await sender.next_event()
     # The next event is the other one: "mine" was neither sent nor fetched.
     assert event.json() == other
+
+
+async def test_a_stream_still_replaying_during_a_resync_catches_up_once_live(server, monkeypatch):
+    old = await store_silently(server, "alice", 1)
+    page_read = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    original = queries.events_after
+
+    def slow_events_after(*args):
+        # Read the page, then linger (on the database thread) so the test can
+        # lose an event after the page was read but before the stream is live.
+        rows = original(*args)
+        loop.call_soon_threadsafe(page_read.set)
+        time.sleep(0.3)
+        return rows
+
+    monkeypatch.setattr(queries, "events_after", slow_events_after)
+    connecting = asyncio.ensure_future(server.live_stream("alice", headers={"Last-Event-ID": "0"}))
+    await page_read.wait()
+    lost = await store_silently(server, "alice", 1)
+    await server.app.service.catch_up_all(server.manager)
+    client = await connecting
+    events = await client.events(2)
+    assert [cursor_of(event) for event in events] == old + lost
+    client.close()
