@@ -140,13 +140,11 @@ class NotificationService:
         data = compact_json(fields["data"]) if fields["data"] is not None else None
 
         def store() -> tuple[dict[str, Any], list[StreamMessage]]:
-            row = queries.insert_notification(
-                user_id, fields["type"], fields["message"], fields["action_url"], fields["source_type"], data, now
+            row, payload, cursor = queries.store_notification(
+                user_id, fields["type"], fields["message"], fields["action_url"], fields["source_type"], data, now,
+                announce=lambda row: compact_json(notification_json(row)),
             )
-            body = notification_json(row)
-            payload = compact_json(body)
-            cursor = queries.append_event(user_id, None, payload, now)
-            return body, [StreamMessage(user_id, cursor, None, payload, origin)]
+            return notification_json(row), [StreamMessage(user_id, cursor, None, payload, origin)]
 
         body, _ = await self._write(store, on_commit=lambda result: self._emit(NOTIFICATION_CREATED)(result[1]))
         return body

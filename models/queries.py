@@ -6,9 +6,9 @@ Plain values in, model rows or plain values out; no HTTP, no wire format.
 from __future__ import annotations
 
 import secrets
-from typing import Iterable
+from typing import Callable, Iterable
 
-from peewee import IntegrityError, SqliteDatabase, fn
+from peewee import IntegrityError, PostgresqlDatabase, SqliteDatabase, fn
 
 from models.tables import Notification, StreamEvent, StreamTicket, User, UserCursor, database
 
@@ -71,7 +71,7 @@ def get_user(user_id: str) -> User | None:
 # -- notifications ------------------------------------------------------------
 
 
-def insert_notification(
+def store_notification(
     user_id: str,
     type: str,
     message: str,
@@ -79,8 +79,14 @@ def insert_notification(
     source_type: str | None,
     data: str | None,
     now_ms: int,
-) -> Notification:
-    """Store a new unread notification with a fresh public id."""
+    announce: Callable[[Notification], str],
+) -> tuple[Notification, str, int]:
+    """Store a new unread notification and the stream event announcing it.
+
+    :param announce: builds the event's data from the (not yet stored)
+        notification; the notification's public id is made here.
+    :returns: the notification, the event data, and the event's cursor.
+    """
     fields = {
         "id": "ntf_" + secrets.token_hex(10),
         "user_id": user_id,
@@ -92,10 +98,36 @@ def insert_notification(
         "created_at": now_ms,
         "read_at": None,
     }
-    # The raw insert skips peewee's conversions: apply the message's own
+    row = Notification(**fields)
+    payload = announce(row)
+    # The raw inserts skip peewee's conversions: apply the message's own
     # (NUL on PostgreSQL, see NulSafeTextField).
-    seq = _insert_returning(Notification, dict(fields, message=Notification.message.db_value(message)), "seq")
-    return Notification(seq=seq, **fields)
+    values = dict(fields, message=Notification.message.db_value(message))
+    if isinstance(database.obj, PostgresqlDatabase):
+        # One round trip for the three inserts: the writer thread spends most
+        # of a publish waiting on PostgreSQL, one statement at a time.
+        params = (user_id,) + tuple(values.values()) + (user_id, payload, now_ms)
+        row.seq, cursor = database.execute_sql(_STORE_NOTIFICATION_PG, params).fetchone()
+        return row, payload, cursor
+    row.seq = _insert_returning(Notification, values, "seq")
+    return row, payload, append_event(user_id, None, payload, now_ms)
+
+
+# The cursor first: its row lock orders a user's creates across processes,
+# and "seq" (the list's order) is drawn from the sequence only after it
+# (stored reads from taken), so the list's order is the stream's order.
+_STORE_NOTIFICATION_PG = (
+    'WITH taken AS ('
+    ' INSERT INTO "user_cursors" ("user_id", "last") VALUES (%s, 1)'
+    ' ON CONFLICT ("user_id") DO UPDATE SET "last" = "user_cursors"."last" + 1 RETURNING "last"),'
+    ' stored AS ('
+    ' INSERT INTO "notifications" ("id", "user_id", "type", "message", "action_url", "source_type", "data",'
+    ' "created_at", "read_at") SELECT %s, %s, %s, %s, %s, %s, %s, %s, %s FROM taken RETURNING "seq"),'
+    ' logged AS ('
+    ' INSERT INTO "stream_events" ("user_id", "cursor", "name", "data", "created_at")'
+    ' SELECT %s, "last", NULL, %s, %s FROM taken RETURNING "cursor")'
+    ' SELECT stored."seq", logged."cursor" FROM stored, logged'
+)
 
 
 def get_notification(user_id: str, notification_id: str) -> Notification | None:
@@ -174,11 +206,25 @@ _NEXT_CURSOR_SQL: dict[int, str] = {}
 
 def append_event(user_id: str, name: str | None, data: str, now_ms: int) -> int:
     """Log one stream event; :returns: its cursor on ``user_id``'s stream."""
+    db = database.obj
+    if isinstance(db, PostgresqlDatabase):
+        # One round trip instead of two: the writer thread spends most of a
+        # publish waiting on PostgreSQL, one statement at a time.
+        return database.execute_sql(_APPEND_EVENT_PG, (user_id, user_id, name, data, now_ms)).fetchone()[0]
     cursor = next_cursor(user_id)
     _insert_returning(
         StreamEvent, {"user_id": user_id, "cursor": cursor, "name": name, "data": data, "created_at": now_ms}, "id"
     )
     return cursor
+
+
+_APPEND_EVENT_PG = (
+    'WITH taken AS ('
+    ' INSERT INTO "user_cursors" ("user_id", "last") VALUES (%s, 1)'
+    ' ON CONFLICT ("user_id") DO UPDATE SET "last" = "user_cursors"."last" + 1 RETURNING "last")'
+    ' INSERT INTO "stream_events" ("user_id", "cursor", "name", "data", "created_at")'
+    ' SELECT %s, "last", %s, %s, %s FROM taken RETURNING "cursor"'
+)
 
 
 def append_events(rows: Iterable[tuple[str, str | None, str]], now_ms: int) -> list[int]:

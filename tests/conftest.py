@@ -13,12 +13,13 @@ database ``NOTIFY_TEST_PG_URL`` (default the local ``test`` database).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import secrets
 import shutil
 import urllib.parse
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import pytest
 import tornado.httpserver
@@ -67,13 +68,48 @@ def pytest_configure(config: pytest.Config) -> None:
     """
     if TEST_DB != "postgresql":
         return
-    try:
-        _pg_connect().close()
-    except Exception as exc:
-        reason = f"PostgreSQL at {PG_URL} is not reachable: {str(exc).strip().splitlines()[0]}"
+    reason = _pg_unreachable()
+    if reason is not None:
         if os.environ.get("CI"):
             pytest.exit(reason, returncode=1)
         pytest.exit(f"skipping the PostgreSQL pass: {reason}", returncode=0)
+
+
+def _pg_unreachable() -> str | None:
+    """Why :data:`PG_URL` cannot be used, or None when it answers."""
+    try:
+        _pg_connect().close()
+    except Exception as exc:
+        return f"PostgreSQL at {PG_URL} is not reachable: {str(exc).strip().splitlines()[0]}"
+    return None
+
+
+@contextlib.contextmanager
+def _pg_schemas() -> Iterator[Callable[[], str]]:
+    """``create()`` -> the URL of a fresh schema in :data:`PG_URL`; all dropped at exit."""
+    schemas: list[str] = []
+
+    def create() -> str:
+        # Unique across tests, runs and parallel CI jobs sharing the database.
+        schema = f"t_{os.getpid()}_{secrets.token_hex(4)}"
+        connection = _pg_connect()
+        try:
+            connection.cursor().execute(f'CREATE SCHEMA "{schema}"')
+        finally:
+            connection.close()
+        schemas.append(schema)
+        return f"{PG_URL}?options=-csearch_path%3D{schema}"
+
+    try:
+        yield create
+    finally:
+        if schemas:
+            connection = _pg_connect()
+            try:
+                for schema in schemas:
+                    connection.cursor().execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+            finally:
+                connection.close()
 
 
 def pytest_report_header(config: pytest.Config) -> str:
@@ -167,29 +203,31 @@ def new_db_url(tmp_path) -> Callable[[str], str]:
     the test.  Servers using it must be stopped before then (fixtures that
     depend on this one are torn down first).
     """
-    schemas: list[str] = []
+    with _pg_schemas() as new_schema:
 
-    def create(name: str) -> str:
-        if TEST_DB == "sqlite":
-            return f"sqlite:///{tmp_path}/{name}.db"
-        # Unique across tests, runs and parallel CI jobs sharing the database.
-        schema = f"t_{os.getpid()}_{secrets.token_hex(4)}"
-        connection = _pg_connect()
-        try:
-            connection.cursor().execute(f'CREATE SCHEMA "{schema}"')
-        finally:
-            connection.close()
-        schemas.append(schema)
-        return f"{PG_URL}?options=-csearch_path%3D{schema}"
+        def create(name: str) -> str:
+            if TEST_DB == "sqlite":
+                return f"sqlite:///{tmp_path}/{name}.db"
+            return new_schema()
 
-    yield create
-    if schemas:
-        connection = _pg_connect()
-        try:
-            for schema in schemas:
-                connection.cursor().execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-        finally:
-            connection.close()
+        yield create
+
+
+@pytest.fixture
+def new_postgres_url() -> Callable[[str], str]:
+    """``new_postgres_url(name)``: a fresh PostgreSQL schema, whatever ``NOTIFY_TEST_DB`` says.
+
+    For tests that need the real thing in every pass (several server
+    processes sharing one database).  Like :func:`new_db_url` otherwise;
+    skipped when PostgreSQL does not answer (a failure under CI).
+    """
+    reason = _pg_unreachable()
+    if reason is not None:
+        if os.environ.get("CI"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+    with _pg_schemas() as new_schema:
+        yield lambda name: new_schema()
 
 
 @pytest.fixture
