@@ -85,9 +85,9 @@ async def test_devices_of_one_user_on_both_instances_see_the_same_events_with_th
 
 async def test_cluster_stats_list_both_instances_and_sum_their_devices(pair):
     a, b = pair
-    await a.live_stream("alice")
-    await b.live_stream("bob")
-    await b.live_stream("carol")
+    # Held: an unreferenced client (and its reader task, which asyncio keeps
+    # only weakly) may be garbage-collected mid-test, closing its stream.
+    streams = [await a.live_stream("alice"), await b.live_stream("bob"), await b.live_stream("carol")]
     # B's count reaches A through B's heartbeat key; write it now, not in 2 s.
     await broker_of(b).heartbeat()
     status, _, stats, raw = await a.request("GET", "/api/v1/stats?scope=cluster")
@@ -97,6 +97,8 @@ async def test_cluster_stats_list_both_instances_and_sum_their_devices(pair):
     assert stats["instanceId"] == a.manager.instance_id
     assert stats["totalDevices"] == 3
     assert stats["activeUsers"] == 3
+    for stream in streams:
+        await stream.aclose()
 
 
 async def test_cluster_stats_drop_an_instance_that_stopped(pair):
