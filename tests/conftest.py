@@ -28,6 +28,7 @@ import tornado.netutil
 from core.auth import TokenService
 from core.config import Config
 from server import NotifyApp, make_app
+from tests.support.redis_server import RedisServer
 from tests.support.sse import SSEClient, http_json
 
 SECRET = "test-secret-" + "x" * 20
@@ -304,11 +305,18 @@ def redis_server(tmp_path):
     Tests stop and restart it (same port) to simulate an outage.  Skipped
     when ``redis-server`` is not installed (a failure under CI).
     """
-    from tests.support.redis_server import RedisServer
-
     directory = tmp_path / "redis"
     directory.mkdir()
     redis = RedisServer(need("redis-server"), str(directory))
     redis.start()
     yield redis
     redis.stop()
+
+
+@pytest.fixture(scope="module")
+def redis(tmp_path_factory) -> Iterator[RedisServer]:
+    """One real ``redis-server`` shared by a module's tests (not restarted)."""
+    server = RedisServer(need("redis-server"), str(tmp_path_factory.mktemp("redis")))
+    server.start()
+    yield server
+    server.stop()

@@ -29,7 +29,6 @@ import pytest
 
 from tests.conftest import need
 from tests.support.blocking_sse import BlockingStream
-from tests.support.redis_server import RedisServer
 from tests.test_cli import ROOT, SECRET, free_port, serving, token_for
 
 pytestmark = pytest.mark.timeout(60)
@@ -157,15 +156,6 @@ class Proxied:
             if backend.request("GET", "/api/v1/stats")[1]["instanceId"] == instance_id:
                 return backend
         raise AssertionError(f"no backend is {instance_id}")
-
-
-@pytest.fixture(scope="module")
-def redis(tmp_path_factory) -> Iterator[RedisServer]:
-    """One real redis-server: the broker between the two backends."""
-    server = RedisServer(need("redis-server"), str(tmp_path_factory.mktemp("redis")))
-    server.start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture

@@ -24,7 +24,6 @@ from typing import Iterator
 
 import pytest
 
-from tests.conftest import need
 from tests.support.blocking_sse import BlockingStream
 from tests.support.redis_server import RedisServer
 from tests.test_cli import ROOT, SECRET, assert_clean_failure, clean_env, free_port, http_request, run, token_for
@@ -37,15 +36,6 @@ SHUTDOWN_LIMIT = 10.0
 START_TIMEOUT = 15.0
 #: Fresh connections tried before concluding the kernel never picks a process.
 MAX_TRIES = 200
-
-
-@pytest.fixture(scope="module")
-def redis(tmp_path_factory) -> Iterator[RedisServer]:
-    """One real redis-server for the module's clusters."""
-    server = RedisServer(need("redis-server"), str(tmp_path_factory.mktemp("redis")))
-    server.start()
-    yield server
-    server.stop()
 
 
 # -- processes ------------------------------------------------------------------
