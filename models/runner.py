@@ -1,8 +1,8 @@
 """Running peewee's synchronous queries off the IOLoop.
 
 Writes go through one writer thread that commits the jobs waiting at the
-same time in one transaction (each in its own savepoint, so one failing job
-fails alone).  That keeps SQLite to a single writer, turns a burst of
+same time in one transaction (if one fails, the batch is rolled back and
+re-run one job per transaction, so a failing job fails alone).  That keeps SQLite to a single writer, turns a burst of
 concurrent creates into one fsync, and gives every commit a place in one
 order: the after-commit callbacks run on the loop in that order, which is
 what keeps cursors increasing on every stream.  Reads go to a small pool.

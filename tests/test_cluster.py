@@ -475,6 +475,13 @@ def all_succeeded_first_time(running: list[Publisher]) -> None:
 # -- the tests -----------------------------------------------------------------------
 
 
+def assert_never_disconnected(clients: dict[str, list[Client]]) -> None:
+    """Every device kept its first connection throughout the test."""
+    for user_clients in clients.values():
+        for client in user_clients:
+            assert [connection.end for connection in client.connections] == [None], client
+
+
 def test_notifications_created_on_both_processes_reach_every_device_on_both_once_in_order(cluster):
     with devices(cluster) as clients, publishers(cluster) as running:
         for publisher in running:
@@ -483,9 +490,7 @@ def test_notifications_created_on_both_processes_reach_every_device_on_both_once
             publisher.wait_done()
         all_succeeded_first_time(running)
         assert_every_device_has_every_notification_once_in_order(cluster, clients, cluster.servers[0], running)
-        for user_clients in clients.values():
-            for client in user_clients:
-                assert [connection.end for connection in client.connections] == [None], client
+        assert_never_disconnected(clients)
     cluster.assert_no_traceback()
 
 
@@ -560,10 +565,7 @@ def test_devices_on_both_processes_catch_up_after_redis_restarts_with_nothing_lo
         all_succeeded_first_time(running)
 
         assert_every_device_has_every_notification_once_in_order(cluster, clients, a, running)
-        for user_clients in clients.values():
-            for client in user_clients:
-                # The devices stayed connected throughout.
-                assert [connection.end for connection in client.connections] == [None], client
+        assert_never_disconnected(clients)
     cluster.assert_no_traceback()
 
 
