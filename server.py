@@ -227,6 +227,7 @@ class NotifyApp(tornado.web.Application):
             if timer is not None:
                 timer.stop()
         self.deps.manager.shutdown()
+        await self.deps.manager.wait_ended(SHUTDOWN_GRACE)
         self.deps.manager.stop()
         await self.deps.broker.close()
         self.bus.clear()
@@ -366,6 +367,7 @@ async def serve(
     server.stop()
     ended = app.deps.manager.shutdown()
     deadline = loop.time() + SHUTDOWN_GRACE
+    await app.deps.manager.wait_ended(SHUTDOWN_GRACE)
     while app.deps.inflight.count > 0 and loop.time() < deadline:
         await asyncio.sleep(0.05)
     try:

@@ -11,7 +11,8 @@ A device's lifecycle has one owner, this manager::
         (live frames queue,      (frames written     closed | dropped |
          de-duplicated by cursor) directly)          expired | shutdown
 
-The handler only waits on :attr:`Device.done` and finishes the response.
+Once the headers are out the handler detaches the connection and is gone;
+from then on this manager writes, ends (terminator) and closes the stream.
 """
 
 from __future__ import annotations
@@ -49,40 +50,125 @@ class Writer(Protocol):
 
     async def drain(self) -> None: ...
 
+    def finish(self) -> "asyncio.Future[None] | None": ...
+
     def close(self) -> None: ...
 
 
-class IOStreamWriter:
-    """Writes frames directly to a Tornado IOStream whose headers are out.
+#: The last chunk of a chunked response: the browser sees a clean end.
+TERMINATOR = b"0\r\n\r\n"
 
-    :param stream: the connection's stream, after the response headers and
-        anything the handler wrote were flushed onto it (the stream sends in
-        FIFO order, so these frames follow them).
+
+class IOStreamWriter:
+    """Writes frames to an IOStream taken over from the HTTP layer.
+
+    Once the response headers, ``: connected`` and ``ready`` are out, the
+    stream handler detaches the connection (as Tornado's WebSocket handler
+    does): the RequestHandler, the HTTP connection and its coroutine are
+    freed, and an open stream costs only its IOStream and this object.
+    From then on the response is ours to frame and to end.
+
+    :param stream: the detached stream; the headers and everything the
+        handler wrote were flushed onto it (the stream sends in FIFO order,
+        so these frames follow them).
     :param chunked: whether the response uses chunked transfer encoding
         (HTTP/1.1); an HTTP/1.0 response is close-delimited and gets the
         bare frames.
     :param max_buffer: unsent bytes the stream may hold; past that the
         write raises ``StreamBufferFullError`` before buffering anything
         (a denial-of-service guard against clients that stop reading).
+    :param on_close: called once when the connection closes, whoever
+        closes it.
     """
 
-    __slots__ = ("stream", "chunked")
+    __slots__ = ("stream", "chunked", "_on_close")
 
-    def __init__(self, stream: IOStream, chunked: bool, max_buffer: int) -> None:
+    def __init__(self, stream: IOStream, chunked: bool, max_buffer: int, on_close: Callable[[], Any]) -> None:
         self.stream = stream
         self.chunked = chunked
+        self._on_close = on_close
         stream.max_write_buffer_size = max_buffer
         # Tornado only sets TCP_NODELAY while finishing a response; a stream
         # that never finishes would otherwise hold small frames for Nagle.
         stream.set_nodelay(True)
+        stream.set_close_callback(on_close)
+        # A client has nothing to send on an event stream.  Reading keeps
+        # the socket watched, so a disconnect is seen at once, and a client
+        # that sends anything (a pipelined request we will never answer)
+        # is closed rather than left with bytes nobody reads.
+        try:
+            stream.read_bytes(1, partial=True).add_done_callback(self._on_input)
+        except StreamClosedError:
+            pass
+        if stream.closed():
+            # Closed before the callback was set: it will never run.
+            on_close()
+
+    def _on_input(self, future: "asyncio.Future[bytes]") -> None:
+        if not future.cancelled():
+            future.exception()  # retrieved: a closed stream is the usual end
+        self.stream.close()
 
     def write(self, frame: Frame) -> None:
-        """Queue ``frame``; raises if the stream is closed or its buffer is full."""
-        self.stream.write(frame.chunked if self.chunked else frame.raw)
+        """Send ``frame``; raises if the stream is closed or its buffer is full.
+
+        When nothing is queued on the stream (the usual case: clients read
+        as fast as frames come), the bytes go straight to the socket.
+        IOStream.write would allocate a Future and a callback per frame,
+        which at 18,000 streams is most of a broadcast's cost and what
+        drives garbage collection.  Whatever the kernel does not take is
+        queued through IOStream.write as before, bound and all.
+        """
+        data = frame.chunked if self.chunked else frame.raw
+        stream = self.stream
+        if not stream._write_buffer and not stream._connecting and stream.socket is not None:
+            try:
+                sent = stream.socket.send(data)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError:
+                # Reset by the peer: what IOStream would do on its next write.
+                stream.close(exc_info=True)
+                raise StreamClosedError(real_error=stream.error) from None
+            if sent == len(data):
+                return
+            data = data[sent:]
+        stream.write(data)
 
     async def drain(self) -> None:
         """Wait until everything written so far has left user space."""
         await self.stream.write(b"")
+
+    def finish(self) -> "asyncio.Future[None] | None":
+        """End the response cleanly, then close the connection.
+
+        Chunked: the zero-length chunk goes out after every queued frame,
+        and the connection closes once it has left.  :returns: a future
+        that resolves when that is done (None if already closed).
+        """
+        stream = self.stream
+        if stream.closed():
+            return None
+        if not self.chunked:
+            stream.close()
+            return None
+        try:
+            # Past the buffer bound the terminator is not worth waiting for.
+            stream.max_write_buffer_size = None
+            sent = stream.write(TERMINATOR)
+        except StreamClosedError:
+            return None
+        done = asyncio.get_running_loop().create_future()
+
+        def close(written: "asyncio.Future[None]") -> None:
+            if not written.cancelled():
+                written.exception()
+            stream.close()
+            if not done.done():
+                done.set_result(None)
+
+        sent.add_done_callback(close)
+        return done
 
     def close(self) -> None:
         """Close the connection (no terminator: used for dropped readers)."""
@@ -152,6 +238,8 @@ class ConnectionManager:
         self.frames_sent = 0
         self.connections_dropped = 0
         self.connections_opened = 0
+        #: Terminators on their way out (shutdown waits for them).
+        self._ending: set[asyncio.Future[None]] = set()
 
     # -- lifecycle -------------------------------------------------------
 
@@ -180,6 +268,11 @@ class ConnectionManager:
         for device in devices:
             self._end(device, SHUTDOWN)
         return len(devices)
+
+    async def wait_ended(self, timeout: float) -> None:
+        """Wait (at most ``timeout`` s) until every ended stream's terminator has left."""
+        if self._ending:
+            await asyncio.wait(tuple(self._ending), timeout=timeout)
 
     # -- subscriptions ---------------------------------------------------
 
@@ -415,8 +508,22 @@ class ConnectionManager:
             del self._users[device.user_id]
         self._devices.pop(device.id, None)
         device.pending = None
-        if not device.done.done():
-            device.done.set_result(reason)
+        if device.done.done():
+            return
+        device.done.set_result(reason)
+        writer = device.writer
+        if writer is not None:
+            # The stream is ours since the handler detached it: ending it
+            # is ours too.  Expiry and shutdown end the response cleanly (the
+            # browser reconnects with its Last-Event-ID); otherwise the
+            # connection is simply closed.
+            if reason in (EXPIRED, SHUTDOWN):
+                ending = writer.finish()
+                if ending is not None:
+                    self._ending.add(ending)
+                    ending.add_done_callback(self._ending.discard)
+            else:
+                writer.close()
         # Ended devices stay in the expiry heap until their time comes; keep
         # a churn of short connections from growing it without bound.
         if len(self._expiries) > 2 * len(self._devices) + 1024:

@@ -74,6 +74,21 @@ def notification_json(row: Any) -> dict[str, Any]:
     }
 
 
+def _store_one(item: queries.NewNotification, origin: str | None) -> StreamMessage:
+    """Writer job: store one new notification; :returns: the message announcing it."""
+    _, cursor = queries.store_notification(item)
+    return StreamMessage(item[1], cursor, None, item[8], origin)
+
+
+def _store_many(jobs: list[tuple[queries.NewNotification, str | None]]) -> list[StreamMessage]:
+    """Writer job for a run of creates in one batch: one statement on PostgreSQL."""
+    stored = queries.store_notifications([item for item, _ in jobs])
+    return [
+        StreamMessage(item[1], cursor, None, item[8], origin)
+        for (_, cursor), (item, origin) in zip(stored, jobs, strict=True)
+    ]
+
+
 class NotificationService:
     """The product's use cases over the store, the bus and the tokens.
 
@@ -106,9 +121,15 @@ class NotificationService:
         except StorageUnavailable as exc:
             raise Unavailable("the database is unavailable, try again shortly", code="database_unavailable") from exc
 
-    async def _write(self, fn: Callable[..., Any], *args: Any, on_commit: Callable[[Any], None] | None = None) -> Any:
+    async def _write(
+        self,
+        fn: Callable[..., Any],
+        *args: Any,
+        on_commit: Callable[[Any], None] | None = None,
+        bulk: Callable[[list[tuple]], list[Any]] | None = None,
+    ) -> Any:
         try:
-            return await self.runner.write(fn, *args, on_commit=on_commit)
+            return await self.runner.write(fn, *args, on_commit=on_commit, bulk=bulk)
         except StorageUnavailable as exc:
             raise Unavailable("the database is unavailable, try again shortly", code="database_unavailable") from exc
 
@@ -136,18 +157,28 @@ class NotificationService:
         :returns: the notification as on the wire.
         """
         require_creator(principal, user_id)
-        now = self._now_ms()
+        nid, now = queries.new_notification_id(), self._now_ms()
+        # The wire form is built here, once: it is both the response and
+        # the stream event's data, stored with the notification.
+        body = {
+            "notificationId": nid,
+            "userId": user_id,
+            "type": fields["type"],
+            "message": fields["message"],
+            "createdAt": iso(now),
+            "actionUrl": fields["action_url"],
+            "sourceType": fields["source_type"],
+            "readAt": None,
+            "data": fields["data"],
+        }
         data = compact_json(fields["data"]) if fields["data"] is not None else None
-
-        def store() -> tuple[dict[str, Any], list[StreamMessage]]:
-            row, payload, cursor = queries.store_notification(
-                user_id, fields["type"], fields["message"], fields["action_url"], fields["source_type"], data, now,
-                announce=lambda row: compact_json(notification_json(row)),
-            )
-            return notification_json(row), [StreamMessage(user_id, cursor, None, payload, origin)]
-
-        body, _ = await self._write(store, on_commit=lambda result: self._emit(NOTIFICATION_CREATED)(result[1]))
+        item = (nid, user_id, fields["type"], fields["message"], fields["action_url"], fields["source_type"], data,
+                now, compact_json(body))
+        await self._write(_store_one, item, origin, on_commit=self._announce_created, bulk=_store_many)
         return body
+
+    def _announce_created(self, message: StreamMessage) -> None:
+        self.bus.emit(NOTIFICATION_CREATED, message)
 
     async def list_notifications(
         self, principal: Principal, user_id: str, limit: int, before: str | None, unread_only: bool

@@ -2,9 +2,9 @@
 
 The handler authenticates, subscribes the device (so live events queue from
 that moment), sends the headers with ``: connected`` and ``ready`` through
-Tornado, then hands the connection's IOStream to the SSE manager, which
-writes every later frame straight onto it.  The handler itself only waits
-for the manager to say the stream has ended, and finishes the response.
+Tornado, then detaches the connection's IOStream from the HTTP layer and hands it to
+the SSE manager, which writes every later frame straight onto it and ends
+the response.  The handler is done once the missed events are replayed.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from __future__ import annotations
 from tornado.iostream import StreamClosedError
 
 from core.auth import require_reader
-from core.connections import CLOSED, DROPPED, SHUTDOWN, Device, IOStreamWriter
+from core.connections import SHUTDOWN, Device, IOStreamWriter
 from core.sse import encode_comment, encode_event
 from core.validation import compact_json, parse_cursor
 from handlers.base import BaseHandler, log
@@ -52,19 +52,29 @@ class StreamHandler(BaseHandler):
             return
         if device.ended:
             return
-        connection = self.request.connection
-        # Safe to bypass the handler from here: the headers and the first
-        # chunk are on the stream, our write buffer is empty, no transform
-        # rewrites chunks (compression is off), and the response is not
-        # finished until the manager says so.  See docs/ARCHITECTURE.md.
+        # Take the connection over from the HTTP layer, as Tornado's own
+        # WebSocket handler does: the headers and the first frames are on
+        # the stream and nothing else will be written through Tornado, so
+        # this handler, its request and the HTTP connection can all be
+        # freed while the stream stays open (most of an open stream's
+        # memory).  The manager frames, ends and closes the stream from
+        # here; see docs/ARCHITECTURE.md.
+        chunked = self.request.connection._chunking_output  # type: ignore[attr-defined]
+        stream = self.detach()
+        self._device = None  # the manager watches the connection from now on
+        self.on_finish()
+        self.application.log_request(self)
         manager.attach(
             device,
             IOStreamWriter(
-                connection.stream,
-                chunked=connection._chunking_output,
+                stream,
+                chunked=chunked,
                 max_buffer=self.deps.config.max_buffer_kb * 1024,
+                on_close=lambda: manager.unsubscribe(device),
             ),
         )
+        if device.ended:
+            return
         try:
             await self.deps.service.replay(manager, device, start)
         except Exception:
@@ -73,13 +83,8 @@ class StreamHandler(BaseHandler):
             # the replay is tried again from the same Last-Event-ID.
             log.warning("replay failed for stream %s; ending it so the client retries", device.id, exc_info=True)
             manager.unsubscribe(device, SHUTDOWN)
-        reason = await device.done
-        if reason not in (CLOSED, DROPPED) and not connection.stream.closed():
-            # token expired or shutdown: the chunked terminator ends the
-            # response cleanly, so the browser reconnects.
-            self.finish()
 
     def on_connection_close(self) -> None:
-        """The client went away: forget the device."""
+        """The client went away before the stream was taken over: forget the device."""
         if self._device is not None:
             self.deps.manager.unsubscribe(self._device)

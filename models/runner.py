@@ -47,13 +47,14 @@ def _translate(exc: BaseException) -> BaseException:
 
 
 class _Job:
-    __slots__ = ("fn", "args", "future", "on_commit", "result", "error")
+    __slots__ = ("fn", "args", "future", "on_commit", "bulk", "result", "error")
 
-    def __init__(self, fn, args, future, on_commit) -> None:
+    def __init__(self, fn, args, future, on_commit, bulk=None) -> None:
         self.fn = fn
         self.args = args
         self.future = future
         self.on_commit = on_commit
+        self.bulk = bulk
         self.result: Any = None
         self.error: BaseException | None = None
 
@@ -84,17 +85,28 @@ class DatabaseRunner:
         self.jobs = 0
         self._writer.start()
 
-    def write(self, fn: Callable[..., Any], *args: Any, on_commit: Callable[[Any], None] | None = None) -> "asyncio.Future[Any]":
+    def write(
+        self,
+        fn: Callable[..., Any],
+        *args: Any,
+        on_commit: Callable[[Any], None] | None = None,
+        bulk: Callable[[list[tuple]], list[Any]] | None = None,
+    ) -> "asyncio.Future[Any]":
         """Run ``fn(*args)`` in the writer's transaction.
 
         :param on_commit: called on the loop with ``fn``'s result once the
             transaction has committed, before the returned future resolves,
             in commit order across all jobs (this is where events are
             emitted).
+        :param bulk: does the work of several such jobs at once:
+            ``bulk([args, ...])`` returns their results in order, as ``fn``
+            would have.  Jobs with the same ``bulk`` next to each other in a
+            batch go through it in one call (one statement instead of one
+            per job, which is what a PostgreSQL round trip makes worth it).
         :returns: a future of ``fn``'s result (or its exception).
         """
         future = self.loop.create_future()
-        self._queue.put(_Job(fn, args, future, on_commit))
+        self._queue.put(_Job(fn, args, future, on_commit, bulk))
         return future
 
     def read(self, fn: Callable[..., Any], *args: Any) -> "asyncio.Future[Any]":
@@ -102,6 +114,10 @@ class DatabaseRunner:
         if self._readers is None:
             return self.write(fn, *args)
         return asyncio.wrap_future(self._readers.submit(self._read, fn, args), loop=self.loop)
+
+    def queued(self) -> int:
+        """Jobs waiting for the writer (approximate; for tests and stats)."""
+        return self._queue.qsize()
 
     def run_sync(self, fn: Callable[..., Any], *args: Any) -> Any:
         """Run ``fn`` on the writer thread and block for it (start-up, CLI)."""
@@ -164,8 +180,7 @@ class DatabaseRunner:
         try:
             self.db.connect(reuse_if_open=True)
             with self.db.atomic():
-                for job in batch:
-                    job.result = job.fn(*job.args)
+                self._run_jobs(batch)
             return self._finish(batch)
         except Exception as exc:
             if len(batch) == 1:
@@ -182,6 +197,25 @@ class DatabaseRunner:
                 job.error = _translate(exc)
                 self._reset_connection_if_broken(exc)
         self._finish(batch)
+
+    @staticmethod
+    def _run_jobs(batch: list[_Job]) -> None:
+        """Run every job in order, runs of one ``bulk`` kind in one call each."""
+        i, n = 0, len(batch)
+        while i < n:
+            job = batch[i]
+            end = i + 1
+            if job.bulk is not None:
+                while end < n and batch[end].bulk is job.bulk:
+                    end += 1
+            if end - i > 1:
+                group = batch[i:end]
+                results = job.bulk([member.args for member in group])
+                for member, result in zip(group, results, strict=True):
+                    member.result = result
+            else:
+                job.result = job.fn(*job.args)
+            i = end
 
     def _reset_connection_if_broken(self, exc: BaseException) -> None:
         """After a driver failure, reconnect on the next job."""

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 
 import pytest
 
 from models import queries
 from models.tables import Notification
+from tests.support.checks import wait_until
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -52,7 +54,7 @@ async def test_concurrent_creates_commit_in_fewer_transactions_than_jobs(server)
     batches_before = runner.batches
     # Queue 20 creates behind the blocked job: they are taken as one batch.
     creates = [asyncio.ensure_future(server.notify("alice", f"n{i}")) for i in range(20)]
-    await asyncio.sleep(0.2)  # let the 20 requests reach the writer queue
+    await wait_until(lambda: runner.queued() >= 20)
     release.set()
     await blocked
     await asyncio.gather(*creates)
@@ -100,3 +102,59 @@ async def test_a_notification_and_its_event_are_stored_together(server):
     assert len(rows) == 1 and created["notificationId"] in rows[0][2]
     count = await server.app.runner.read(lambda: Notification.select().count())
     assert count == 1
+
+
+def _double(value: int) -> int:
+    return value * 2
+
+
+async def test_jobs_queued_together_with_one_bulk_kind_run_in_one_bulk_call(server):
+    runner = server.app.runner
+    calls: list[list[tuple]] = []
+
+    def double_all(args_list: list[tuple]) -> list[int]:
+        calls.append(args_list)
+        return [value * 2 for (value,) in args_list]
+
+    started, release = threading.Event(), threading.Event()
+    blocked = runner.write(_blocking_job, started, release)
+    await _wait_threading_event(started)
+    futures = [runner.write(_double, i, bulk=double_all) for i in range(5)]
+    release.set()
+    await blocked
+    assert await asyncio.gather(*futures) == [0, 2, 4, 6, 8]
+    assert calls == [[(0,), (1,), (2,), (3,), (4,)]]
+
+
+async def test_a_failing_bulk_call_falls_back_to_one_job_at_a_time(server):
+    runner = server.app.runner
+
+    def refuse_all(args_list: list[tuple]) -> list[int]:
+        raise RuntimeError("bulk path failed")
+
+    started, release = threading.Event(), threading.Event()
+    blocked = runner.write(_blocking_job, started, release)
+    await _wait_threading_event(started)
+    futures = [runner.write(_double, i, bulk=refuse_all) for i in range(3)]
+    release.set()
+    await blocked
+    assert await asyncio.gather(*futures) == [0, 2, 4]
+
+
+async def test_creates_committed_in_one_batch_keep_each_users_cursor_and_list_order(server):
+    runner = server.app.runner
+    started, release = threading.Event(), threading.Event()
+    blocked = runner.write(_blocking_job, started, release)
+    await _wait_threading_event(started)
+    users = ["alice", "bob", "carol"]
+    creates = [asyncio.ensure_future(server.notify(users[i % 3], f"n{i}")) for i in range(30)]
+    await wait_until(lambda: runner.queued() >= 30)
+    release.set()
+    await blocked
+    await asyncio.gather(*creates)
+    for user in users:
+        listed = (await server.request("GET", f"/api/v1/users/{user}/notifications?limit=100", as_user=user))[2]
+        oldest_first = [item["notificationId"] for item in reversed(listed["items"])]
+        events = await runner.read(queries.events_after, user, 0, 100)
+        assert [cursor for cursor, _, _ in events] == list(range(1, 11))
+        assert [json.loads(data)["notificationId"] for _, _, data in events] == oldest_first
