@@ -30,6 +30,7 @@ from core.broker_redis import RedisBroker
 from core.config import Config, ConfigError, add_options, build_config
 from core.connections import ConnectionManager
 from core.event_bus import EventBus
+from core.httpserver import GuardedHTTPServer
 from core.metrics import Metrics
 from core.service import DOMAIN_EVENTS, NotificationService
 from core.supervisor import ChildLink, Supervisor
@@ -340,12 +341,12 @@ async def serve(
         except StartupError:
             await app.stop()
             raise
-    server = tornado.httpserver.HTTPServer(
+    server = GuardedHTTPServer(
         app,
         # The API's own limit (413) is --max-body-kb; past four times that,
         # Tornado refuses the request before reading it.
         max_body_size=max(4 * config.max_body_kb * 1024, 1024 * 1024),
-        idle_connection_timeout=75,
+        idle_timeout=75,
         body_timeout=30,
     )
     server.add_sockets(sockets)

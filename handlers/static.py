@@ -48,6 +48,8 @@ class StaticHandler(tornado.web.StaticFileHandler):
 
     def set_default_headers(self) -> None:
         """Security headers on every file, and revalidation on every load."""
+        # Nobody needs to know which server version runs here.
+        self.clear_header("Server")
         self.set_header("Content-Security-Policy", CONTENT_SECURITY_POLICY)
         # Files are not sniffed into another type (a .js must be JavaScript).
         self.set_header("X-Content-Type-Options", "nosniff")
