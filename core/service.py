@@ -276,7 +276,7 @@ class NotificationService:
         payload = compact_json(data)
 
         def store() -> list[StreamMessage]:
-            cursors = queries.append_events(((user_id, name, payload) for user_id in user_ids), now)
+            cursors = queries.log_event_for_users(user_ids, name, payload, now)
             return [StreamMessage(user_id, cursor, name, payload) for user_id, cursor in zip(user_ids, cursors)]
 
         messages = await self._write(store, on_commit=self._emit(EVENT_PUBLISHED))

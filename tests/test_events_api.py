@@ -82,6 +82,23 @@ async def test_publish_counts_duplicate_user_ids_once(server):
     client.close()
 
 
+async def test_an_event_for_several_users_takes_each_users_next_cursor(server):
+    await server.notify("bob", "one")
+    await server.notify("bob", "two")
+    streams = {user: await server.live_stream(user) for user in ("carol", "bob", "alice")}
+    await published(server, "batch.done", ["carol", "bob", "alice"], {"n": 1})
+    await published(server, "batch.done", ["alice", "bob"], {"n": 2})
+    got = {user: [(e.id, e.json()["n"]) for e in await client.events(2 if user != "carol" else 1)]
+           for user, client in streams.items()}
+    assert got == {
+        "carol": [("1", 1)],
+        "bob": [("3", 1), ("4", 2)],
+        "alice": [("1", 1), ("2", 2)],
+    }
+    for client in streams.values():
+        client.close()
+
+
 async def test_publish_to_users_without_streams_still_counts_them(server):
     assert await published(server, "offline.users", ["nobody-1", "nobody-2"]) == 2
 
