@@ -29,7 +29,7 @@ from tornado.ioloop import PeriodicCallback
 from tornado.iostream import IOStream, StreamBufferFullError, StreamClosedError
 
 from core.errors import TooManyRequests
-from core.sse import PING, Frame, encode_event
+from core.sse import PING, Frame, encode_body, encode_event
 
 log = logging.getLogger("notify.sse")
 
@@ -238,6 +238,7 @@ class ConnectionManager:
         self.frames_sent = 0
         self.connections_dropped = 0
         self.connections_opened = 0
+        self._last_body: tuple[str | None, str | None, bytes] = (None, None, b"")
         #: Terminators on their way out (shutdown waits for them).
         self._ending: set[asyncio.Future[None]] = set()
 
@@ -382,7 +383,20 @@ class ConnectionManager:
         :param exclude: a connection id left out (the originator).
         :returns: how many devices it was written or queued to.
         """
-        return self.publish_frame(user_id, Frame(encode_event(data, event=event, id=cursor)), cursor, exclude)
+        devices = self._users.get(user_id)
+        if not devices:
+            self.events_published += 1
+            return 0
+        # An event for many users (POST /api/v1/events) differs only in its
+        # id line from one user to the next: its body is encoded once.
+        last = self._last_body
+        if last[0] is data and last[1] == event:
+            body = last[2]
+        else:
+            body = encode_body(data, event)
+            self._last_body = (data, event, body)
+        raw = b"id: %d\n%b" % (cursor, body) if cursor is not None else body
+        return self.publish_frame(user_id, Frame(raw), cursor, exclude)
 
     def publish_except(self, user_id: str, connection_id: str, data: str, event: str | None = None, cursor: int | None = None) -> int:
         """:meth:`publish` to every device of ``user_id`` but ``connection_id``."""

@@ -30,9 +30,19 @@ def encode_event(data: str, event: str | None = None, id: int | str | None = Non
     :param id: the cursor; sets the browser's ``lastEventId``.
     :param retry: suggested reconnect delay in milliseconds.
     """
+    head = f"id: {_field(str(id))}\n".encode("utf-8") if id is not None else b""
+    if retry is not None:
+        return head + encode_body(data, event, retry)
+    return head + encode_body(data, event)
+
+
+def encode_body(data: str, event: str | None = None, retry: int | None = None) -> bytes:
+    """Everything of an event after its ``id:`` line (see :func:`encode_event`).
+
+    The same for every user an event goes to, so a broadcast encodes it once
+    and puts each user's ``id:`` line in front.
+    """
     parts = []
-    if id is not None:
-        parts.append(f"id: {_field(str(id))}\n")
     if event is not None:
         parts.append(f"event: {_field(event)}\n")
     if retry is not None:
