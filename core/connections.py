@@ -26,7 +26,7 @@ import time
 from typing import Any, Callable, Iterable, Protocol
 
 from tornado.ioloop import PeriodicCallback
-from tornado.iostream import IOStream, StreamBufferFullError, StreamClosedError
+from tornado.iostream import StreamBufferFullError, StreamClosedError
 
 from core.errors import TooManyRequests
 from core.sse import PING, Frame, encode_body, encode_event
@@ -43,8 +43,10 @@ TOKEN_EXPIRED = Frame(encode_event("{}", event="token-expired"))
 
 
 class Writer(Protocol):
-    """Where a device's bytes go.  Raises ``StreamClosedError`` or
-    ``StreamBufferFullError`` from :meth:`write` when it cannot take them."""
+    """Where a device's bytes go (:class:`core.sockwriter.SocketWriter`).
+
+    Raises ``StreamClosedError`` or ``StreamBufferFullError`` from
+    :meth:`write` when it cannot take them."""
 
     def write(self, frame: Frame) -> None: ...
 
@@ -53,126 +55,6 @@ class Writer(Protocol):
     def finish(self) -> "asyncio.Future[None] | None": ...
 
     def close(self) -> None: ...
-
-
-#: The last chunk of a chunked response: the browser sees a clean end.
-TERMINATOR = b"0\r\n\r\n"
-
-
-class IOStreamWriter:
-    """Writes frames to an IOStream taken over from the HTTP layer.
-
-    Once the response headers, ``: connected`` and ``ready`` are out, the
-    stream handler detaches the connection (as Tornado's WebSocket handler
-    does): the RequestHandler, the HTTP connection and its coroutine are
-    freed, and an open stream costs only its IOStream and this object.
-    From then on the response is ours to frame and to end.
-
-    :param stream: the detached stream; the headers and everything the
-        handler wrote were flushed onto it (the stream sends in FIFO order,
-        so these frames follow them).
-    :param chunked: whether the response uses chunked transfer encoding
-        (HTTP/1.1); an HTTP/1.0 response is close-delimited and gets the
-        bare frames.
-    :param max_buffer: unsent bytes the stream may hold; past that the
-        write raises ``StreamBufferFullError`` before buffering anything
-        (a denial-of-service guard against clients that stop reading).
-    :param on_close: called once when the connection closes, whoever
-        closes it.
-    """
-
-    __slots__ = ("stream", "chunked", "_on_close")
-
-    def __init__(self, stream: IOStream, chunked: bool, max_buffer: int, on_close: Callable[[], Any]) -> None:
-        self.stream = stream
-        self.chunked = chunked
-        self._on_close = on_close
-        stream.max_write_buffer_size = max_buffer
-        # Tornado only sets TCP_NODELAY while finishing a response; a stream
-        # that never finishes would otherwise hold small frames for Nagle.
-        stream.set_nodelay(True)
-        stream.set_close_callback(on_close)
-        # A client has nothing to send on an event stream.  Reading keeps
-        # the socket watched, so a disconnect is seen at once, and a client
-        # that sends anything (a pipelined request we will never answer)
-        # is closed rather than left with bytes nobody reads.
-        try:
-            stream.read_bytes(1, partial=True).add_done_callback(self._on_input)
-        except StreamClosedError:
-            pass
-        if stream.closed():
-            # Closed before the callback was set: it will never run.
-            on_close()
-
-    def _on_input(self, future: "asyncio.Future[bytes]") -> None:
-        if not future.cancelled():
-            future.exception()  # retrieved: a closed stream is the usual end
-        self.stream.close()
-
-    def write(self, frame: Frame) -> None:
-        """Send ``frame``; raises if the stream is closed or its buffer is full.
-
-        When nothing is queued on the stream (the usual case: clients read
-        as fast as frames come), the bytes go straight to the socket.
-        IOStream.write would allocate a Future and a callback per frame,
-        which at 18,000 streams is most of a broadcast's cost and what
-        drives garbage collection.  Whatever the kernel does not take is
-        queued through IOStream.write as before, bound and all.
-        """
-        data = frame.chunked if self.chunked else frame.raw
-        stream = self.stream
-        if not stream._write_buffer and not stream._connecting and stream.socket is not None:
-            try:
-                sent = stream.socket.send(data)
-            except (BlockingIOError, InterruptedError):
-                sent = 0
-            except OSError:
-                # Reset by the peer: what IOStream would do on its next write.
-                stream.close(exc_info=True)
-                raise StreamClosedError(real_error=stream.error) from None
-            if sent == len(data):
-                return
-            data = data[sent:]
-        stream.write(data)
-
-    async def drain(self) -> None:
-        """Wait until everything written so far has left user space."""
-        await self.stream.write(b"")
-
-    def finish(self) -> "asyncio.Future[None] | None":
-        """End the response cleanly, then close the connection.
-
-        Chunked: the zero-length chunk goes out after every queued frame,
-        and the connection closes once it has left.  :returns: a future
-        that resolves when that is done (None if already closed).
-        """
-        stream = self.stream
-        if stream.closed():
-            return None
-        if not self.chunked:
-            stream.close()
-            return None
-        try:
-            # Past the buffer bound the terminator is not worth waiting for.
-            stream.max_write_buffer_size = None
-            sent = stream.write(TERMINATOR)
-        except StreamClosedError:
-            return None
-        done = asyncio.get_running_loop().create_future()
-
-        def close(written: "asyncio.Future[None]") -> None:
-            if not written.cancelled():
-                written.exception()
-            stream.close()
-            if not done.done():
-                done.set_result(None)
-
-        sent.add_done_callback(close)
-        return done
-
-    def close(self) -> None:
-        """Close the connection (no terminator: used for dropped readers)."""
-        self.stream.close()
 
 
 class Device:

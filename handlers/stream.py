@@ -12,7 +12,8 @@ from __future__ import annotations
 from tornado.iostream import StreamClosedError
 
 from core.auth import require_reader
-from core.connections import SHUTDOWN, Device, IOStreamWriter
+from core.connections import SHUTDOWN, Device
+from core.sockwriter import SocketWriter
 from core.sse import encode_comment, encode_event
 from core.validation import compact_json, parse_cursor
 from handlers.base import BaseHandler, log
@@ -54,25 +55,25 @@ class StreamHandler(BaseHandler):
             return
         # Take the connection over from the HTTP layer, as Tornado's own
         # WebSocket handler does: the headers and the first frames are on
-        # the stream and nothing else will be written through Tornado, so
-        # this handler, its request and the HTTP connection can all be
-        # freed while the stream stays open (most of an open stream's
-        # memory).  The manager frames, ends and closes the stream from
+        # the wire and nothing else will be written through Tornado, so this
+        # handler, its request, the HTTP connection and the IOStream can all
+        # be freed while the stream stays open (most of an open stream's
+        # memory).  The manager writes, ends and closes the socket from
         # here; see docs/ARCHITECTURE.md.
         chunked = self.request.connection._chunking_output  # type: ignore[attr-defined]
         stream = self.detach()
-        self._device = None  # the manager watches the connection from now on
+        self._device = None  # the writer watches the connection from now on
         self.on_finish()
         self.application.log_request(self)
-        manager.attach(
-            device,
-            IOStreamWriter(
-                stream,
-                chunked=chunked,
-                max_buffer=self.deps.config.max_buffer_kb * 1024,
-                on_close=lambda: manager.unsubscribe(device),
-            ),
+        writer = SocketWriter.take_over(
+            stream,
+            chunked=chunked,
+            max_buffer=self.deps.config.max_buffer_kb * 1024,
+            on_close=lambda: manager.unsubscribe(device),
         )
+        if writer is None:
+            return
+        manager.attach(device, writer)
         if device.ended:
             return
         try:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import struct
 import urllib.parse
 
 import pytest
@@ -322,3 +323,23 @@ async def test_slow_reader_is_dropped_without_holding_back_the_others(make_serve
     finally:
         slow.close()
         reader.close()
+
+
+async def test_client_that_sends_bytes_on_its_stream_is_disconnected(server):
+    client = await server.live_stream("alice")
+    # Nothing is ever read from an event stream: a pipelined request would
+    # sit unanswered forever, so the connection is closed instead.
+    client._writer.write(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert await client.wait_closed() is False
+    await wait_until(lambda: open_devices(server) == 0)
+
+
+async def test_stream_cut_by_a_reset_is_forgotten(server):
+    client = await server.live_stream("alice")
+    sock = client._writer.get_extra_info("socket")
+    # SO_LINGER 0: close() sends RST instead of FIN.
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    client.close()
+    await wait_until(lambda: open_devices(server) == 0)
+    created = await server.notify("alice", "nobody is listening")
+    assert created["userId"] == "alice"

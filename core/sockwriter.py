@@ -1,0 +1,232 @@
+"""An event stream's connection after the HTTP layer has let go of it.
+
+Once a stream's headers, ``: connected`` and ``ready`` are out, the stream
+handler detaches the connection (``RequestHandler.detach()``, as Tornado's
+WebSocket handler does) and :meth:`SocketWriter.take_over` takes the socket
+out of its IOStream too.  An IOStream is made for reading protocols: it
+carries two deques, read and write buffers, a Future per write and a dozen
+other fields, about 2.5 KB of Python objects per connection, and every
+write through it allocates a Future and a callback.  An event stream only
+ever writes, so what is kept per stream is the socket, one reader
+registration with the loop (to see the client leave) and this object's few
+slots; a write is one ``send()``.
+
+Only what the kernel does not take at once is held here (shared memoryviews
+of the encoded frames, never copies), up to a bound: past it the write
+raises ``StreamBufferFullError`` and the manager drops the stream, as it
+would a slow IOStream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import socket
+from typing import Any, Callable
+
+from tornado.iostream import IOStream, StreamBufferFullError, StreamClosedError
+
+from core.sse import Frame
+
+#: The last chunk of a chunked response: the browser sees a clean end.
+TERMINATOR = b"0\r\n\r\n"
+
+
+class SocketWriter:
+    """Writes a detached event stream's frames straight to its socket.
+
+    Use :meth:`take_over`.  ``write`` raises ``StreamClosedError`` once the
+    connection is closed and ``StreamBufferFullError`` past ``max_buffer``
+    unsent bytes; ``on_close`` runs once, whoever closes the connection.
+    """
+
+    __slots__ = ("_sock", "_fd", "_loop", "chunked", "max_buffer", "_on_close", "_pending", "_pending_size",
+                 "_waiters", "_closing")
+
+    def __init__(self, sock: socket.socket, chunked: bool, max_buffer: int, on_close: Callable[[], Any]) -> None:
+        self._sock: socket.socket | None = sock
+        self._fd = sock.fileno()
+        self._loop = asyncio.get_running_loop()
+        self.chunked = chunked
+        self.max_buffer = max_buffer
+        self._on_close = on_close
+        #: Bytes the kernel has not taken yet (None when there are none).
+        self._pending: collections.deque[memoryview] | None = None
+        self._pending_size = 0
+        #: Futures waiting for the pending bytes to leave (drain, finish).
+        self._waiters: list[asyncio.Future[None]] | None = None
+        self._closing = False
+        if sock.family in (socket.AF_INET, socket.AF_INET6):
+            # Frames are small and each must leave at once, not wait for
+            # the previous one's ACK (Nagle).
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        # A client has nothing to send on an event stream: readable means it
+        # left (EOF, reset) or is sending what nobody will read.
+        self._loop.add_reader(self._fd, self._on_readable)
+
+    @classmethod
+    def take_over(cls, stream: IOStream, chunked: bool, max_buffer: int, on_close: Callable[[], Any]) -> "SocketWriter | None":
+        """Take the socket out of a detached IOStream whose writes have all left.
+
+        :param chunked: whether the response uses chunked transfer encoding
+            (HTTP/1.1); an HTTP/1.0 response is close-delimited and gets
+            the bare frames.
+        :returns: the writer, or None if the connection is already gone or
+            the client sent more than its request (``on_close`` has run).
+        """
+        sock = stream.socket
+        if stream.closed() or sock is None or stream._write_buffer or stream._read_buffer_size:
+            # Closed, or unsent bytes still in the IOStream (the handler
+            # flushed, so not expected), or bytes after the request that no
+            # one would ever read.
+            stream.close()
+            on_close()
+            return None
+        # Tornado forgets the socket without closing it: the IOStream is
+        # dropped with the handler, and the socket lives on here.
+        stream.io_loop.remove_handler(sock)
+        stream.socket = None  # type: ignore[assignment]
+        stream._closed = True
+        return cls(sock, chunked, max_buffer, on_close)
+
+    # -- writing -------------------------------------------------------------
+
+    def write(self, frame: Frame) -> None:
+        """Send ``frame`` (or queue what the kernel does not take now)."""
+        self._send(frame.chunked if self.chunked else frame.raw)
+
+    def _send(self, data: bytes, bounded: bool = True) -> None:
+        sock = self._sock
+        if sock is None or self._closing:
+            raise StreamClosedError()
+        if self._pending is not None:
+            if bounded and self._pending_size + len(data) > self.max_buffer:
+                raise StreamBufferFullError("Reached maximum write buffer size")
+            self._pending.append(memoryview(data))
+            self._pending_size += len(data)
+            return
+        try:
+            sent = sock.send(data)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError as exc:
+            self.close()
+            raise StreamClosedError(real_error=exc) from None
+        if sent == len(data):
+            return
+        rest = memoryview(data)[sent:]
+        if bounded and len(rest) > self.max_buffer:
+            raise StreamBufferFullError("Reached maximum write buffer size")
+        self._pending = collections.deque((rest,))
+        self._pending_size = len(rest)
+        self._loop.add_writer(self._fd, self._on_writable)
+
+    def _on_writable(self) -> None:
+        pending, sock = self._pending, self._sock
+        if pending is None or sock is None:
+            return
+        while pending:
+            head = pending[0]
+            try:
+                sent = sock.send(head)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                self.close()
+                return
+            self._pending_size -= sent
+            if sent < len(head):
+                pending[0] = head[sent:]
+                return
+            pending.popleft()
+        self._pending = None
+        self._loop.remove_writer(self._fd)
+        if self._closing:
+            self.close()
+        else:
+            self._wake(None)
+
+    async def drain(self) -> None:
+        """Wait until everything written so far has left user space.
+
+        :raises StreamClosedError: the connection closed first.
+        """
+        if self._sock is None:
+            raise StreamClosedError()
+        if self._pending is None:
+            return
+        waiter = self._loop.create_future()
+        if self._waiters is None:
+            self._waiters = []
+        self._waiters.append(waiter)
+        await waiter
+
+    # -- ending --------------------------------------------------------------
+
+    def finish(self) -> "asyncio.Future[None] | None":
+        """End the response cleanly, then close the connection.
+
+        Chunked: the zero-length chunk goes out after every queued frame
+        (past the bound if need be: it is five bytes), and the connection
+        closes once it has left.  :returns: a future resolved at that
+        close, or None if the connection is closed already.
+        """
+        if self._sock is None:
+            return None
+        if self.chunked and not self._closing:
+            try:
+                self._send(TERMINATOR, bounded=False)
+            except StreamClosedError:
+                return None
+        if self._pending is None:
+            self.close()
+            return None
+        self._closing = True
+        done = self._loop.create_future()
+        if self._waiters is None:
+            self._waiters = []
+        self._waiters.append(done)
+        return done
+
+    def close(self) -> None:
+        """Close the connection now (unsent bytes are dropped); idempotent."""
+        sock = self._sock
+        if sock is None:
+            return
+        self._sock = None
+        self._loop.remove_reader(self._fd)
+        if self._pending is not None:
+            self._loop.remove_writer(self._fd)
+            self._pending = None
+        sock.close()
+        self._wake(StreamClosedError() if not self._closing else None)
+        self._on_close()
+
+    def closed(self) -> bool:
+        """Whether the connection is closed."""
+        return self._sock is None
+
+    def _on_readable(self) -> None:
+        sock = self._sock
+        if sock is None:
+            return
+        try:
+            sock.recv(1024)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            pass
+        # End of stream, a reset, or bytes nobody will read: all end it.
+        self.close()
+
+    def _wake(self, error: BaseException | None) -> None:
+        waiters, self._waiters = self._waiters, None
+        for waiter in waiters or ():
+            if waiter.done():
+                continue
+            if error is None:
+                waiter.set_result(None)
+            else:
+                waiter.set_exception(error)
+                # Nobody may be awaiting it (shutdown's wait): no warning.
+                waiter.exception()
