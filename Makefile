@@ -33,12 +33,14 @@ test-sqlite: install
 test-postgres: install
 	NOTIFY_TEST_DB=postgresql $(BIN)/python -m pytest $(PYTEST_ARGS)
 
-## Benchmarks (see docs/PERFORMANCE.md).
+## Benchmarks (see docs/PERFORMANCE.md): every scenario against the server
+## and the floor, a table against the targets, JSON and a chart in
+## bench/results/.  The full plan takes several minutes; --quick under 3.
 bench: install
-	bash bench/run_core.sh
+	bench/run $(BENCH_ARGS)
 
 bench-quick: install
-	bash bench/run_core.sh --quick
+	bench/run --quick $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) notifications.db notifications.db-wal notifications.db-shm

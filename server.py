@@ -31,6 +31,7 @@ from core.config import Config, ConfigError, add_options, build_config
 from core.connections import ConnectionManager
 from core.event_bus import EventBus
 from core.httpserver import GuardedHTTPServer
+from core.looplag import LoopLagMonitor
 from core.metrics import Metrics
 from core.service import DOMAIN_EVENTS, NotificationService
 from core.supervisor import ChildLink, Supervisor
@@ -197,6 +198,7 @@ class NotifyApp(tornado.web.Application):
         wire(self.bus, self.deps.broker, self.deps.manager, self.service)
         await self.deps.broker.start(deliver_to(self.deps.manager), self._resync, self.deps.manager.get_stats)
         self.deps.manager.start()
+        self.deps.loop_lag.start()
         if self.config.demo:
             for user_id, role in DEMO_USERS:
                 await self.service.create_user(user_id, DEMO_PASSWORD, role, replace=True)
@@ -227,6 +229,7 @@ class NotifyApp(tornado.web.Application):
         for timer in (self._prune, self._checkpoint):
             if timer is not None:
                 timer.stop()
+        self.deps.loop_lag.stop()
         self.deps.manager.shutdown()
         await self.deps.manager.wait_ended(SHUTDOWN_GRACE)
         self.deps.manager.stop()
@@ -254,6 +257,7 @@ def make_app(config: Config) -> NotifyApp:
     manager = ConnectionManager(config.max_devices_per_user, config.keepalive_interval, instance_id)
     service = NotificationService(runner, bus, tokens, history_days=config.history_days, token_ttl=config.token_ttl)
     inflight = InFlight()
+    loop_lag = LoopLagMonitor()
     try:
         # An unreachable Redis is not fatal (the broker reports itself down
         # and keeps retrying); a URL that can never work is.
@@ -268,8 +272,9 @@ def make_app(config: Config) -> NotifyApp:
         tokens=tokens,
         broker=broker,
         instance_id=instance_id,
-        metrics=Metrics(manager, lambda: inflight.count),
+        metrics=Metrics(manager, lambda: inflight.count, loop_lag),
         inflight=inflight,
+        loop_lag=loop_lag,
     )
     return NotifyApp(config, deps, runner, bus)
 

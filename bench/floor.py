@@ -2,9 +2,9 @@
 """Floor baseline: the smallest raw-asyncio HTTP server doing the product's
 per-user SSE fan-out.
 
-It answers the same three routes the benchmark drives, with the same wire
-format as the product (see ``shared/CONTRACT.md``), but without auth, storage,
-validation or replay.  Its figures are the lower bound the real server is
+It answers the routes the benchmark drives, with the same wire format as
+the product (see ``shared/CONTRACT.md``), but without auth, storage,
+validation or replay (so ``replay-storm`` is not run against it).  Its figures are the lower bound the real server is
 compared with: what Python and the kernel cost for one stream or one publish
 when nothing else runs.
 
@@ -16,6 +16,12 @@ Routes:
 * ``POST /api/v1/users/{u}/notifications`` -> 201 with the notification JSON;
   one ``id:``/``data:`` frame, encoded and chunk-framed once, is written to
   every stream of that user.
+* ``POST /api/v1/events`` ``{"event", "userIds", "data"}`` -> 202
+  ``{"published": n}``; for each listed user one ``event:``/``id:``/``data:``
+  frame (the cursor differs per user, as in the product, so the frame is
+  encoded once per user and shared by that user's devices; ``data`` is
+  serialised once per request).
+* ``GET /api/v1/stats`` -> 200 ``{"activeUsers", "totalDevices"}``.
 * ``GET /health`` -> 200 ``{"status": "ok"}``.
 
 Run: ``python bench/floor.py --port 8888 [--keepalive-interval 30]``.
@@ -34,10 +40,11 @@ import uuid
 _STREAM_PREFIX = "/api/v1/users/"
 _STREAM_SUFFIX = "/notifications/stream"
 _NOTIFY_SUFFIX = "/notifications"
+_EVENTS_PATH = "/api/v1/events"
 # Bodies are tiny in the benchmark; the cap only keeps a bad client from
 # making the floor buffer without limit.
 _MAX_BODY = 64 * 1024
-_REASONS = {200: "OK", 201: "Created", 400: "Bad Request", 404: "Not Found",
+_REASONS = {200: "OK", 201: "Created", 202: "Accepted", 400: "Bad Request", 404: "Not Found",
             413: "Payload Too Large"}
 _STREAM_HEAD = (b"HTTP/1.1 200 OK\r\n"
                 b"Content-Type: text/event-stream; charset=utf-8\r\n"
@@ -124,6 +131,29 @@ class Hub:
             transport.write(frame)
         return note
 
+    def publish_event(self, name, user_ids, data):
+        """Write one named event to every stream of each user in ``user_ids``.
+
+        :param bytes name: the event name.
+        :param list user_ids: recipients.
+        :param dict data: the event's data object.
+        :returns: how many users it was published to.
+        :rtype: int
+        """
+        payload = _dumps(data)
+        users = self.users
+        for user_id in user_ids:
+            # One cursor per user, as the product stores one event per user.
+            frame = chunk(b"event: %s\nid: %d\ndata: %s\n\n" % (name, next(self._ids), payload))
+            for transport in users.get(user_id, ()):
+                transport.write(frame)
+        return len(user_ids)
+
+    def stats(self):
+        """:returns: ``{"activeUsers", "totalDevices"}`` of this process."""
+        return {"activeUsers": len(self.users),
+                "totalDevices": sum(len(devices) for devices in self.users.values())}
+
     def broadcast_raw(self, data):
         """Write pre-framed ``data`` to every open stream (pings, shutdown)."""
         for devices in self.users.values():
@@ -192,9 +222,33 @@ class HTTPConnection(asyncio.Protocol):
                      or headers.get("connection", "").lower() == "close")
             self._route(method, target.split("?", 1)[0], body, close)
 
+    def _json_object(self, body, close):
+        try:
+            payload = json.loads(body)
+            if not isinstance(payload, dict):
+                raise ValueError("not an object")
+        except ValueError:
+            self._reply(400, {"error": {"code": "bad_json", "message": "body is not a JSON object"}},
+                        close)
+            return None
+        return payload
+
     def _route(self, method, path, body, close):
         if method == "GET" and path == "/health":
             self._reply(200, {"status": "ok"}, close)
+        elif method == "GET" and path == "/api/v1/stats":
+            self._reply(200, self._hub.stats(), close)
+        elif method == "POST" and path == _EVENTS_PATH:
+            payload = self._json_object(body, close)
+            if payload is None:
+                return
+            name, user_ids = payload.get("event"), payload.get("userIds")
+            if not isinstance(name, str) or not name or "\n" in name or not isinstance(user_ids, list):
+                self._reply(400, {"error": {"code": "bad_event", "message": "event and userIds required"}},
+                            close)
+                return
+            published = self._hub.publish_event(name.encode(), user_ids, payload.get("data") or {})
+            self._reply(202, {"published": published}, close)
         elif (method == "GET" and path.startswith(_STREAM_PREFIX)
               and path.endswith(_STREAM_SUFFIX)):
             user = urllib.parse.unquote(path[len(_STREAM_PREFIX):-len(_STREAM_SUFFIX)])
@@ -204,13 +258,8 @@ class HTTPConnection(asyncio.Protocol):
         elif (method == "POST" and path.startswith(_STREAM_PREFIX)
               and path.endswith(_NOTIFY_SUFFIX)):
             user = urllib.parse.unquote(path[len(_STREAM_PREFIX):-len(_NOTIFY_SUFFIX)])
-            try:
-                payload = json.loads(body)
-                if not isinstance(payload, dict):
-                    raise ValueError("not an object")
-            except ValueError:
-                self._reply(400, {"error": {"code": "bad_json", "message": "body is not a JSON object"}},
-                            close)
+            payload = self._json_object(body, close)
+            if payload is None:
                 return
             note = self._hub.publish(user, payload)
             self._reply(201, note, close,
@@ -273,6 +322,7 @@ def main():
     # with the same command line.
     parser.add_argument("--db-url", help="ignored")
     parser.add_argument("--jwt-secret", help="ignored")
+    parser.add_argument("--log-level", help="ignored")
     args = parser.parse_args()
     asyncio.run(serve(args.address, args.port, args.keepalive_interval))
 

@@ -10,17 +10,19 @@ from __future__ import annotations
 from typing import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 
 from core.connections import ConnectionManager
+from core.looplag import LoopLagMonitor
 
 
 class _StreamCollector:
     """Exposes one process's stream counters."""
 
-    def __init__(self, manager: ConnectionManager, inflight: Callable[[], int]) -> None:
+    def __init__(self, manager: ConnectionManager, inflight: Callable[[], int], loop_lag: LoopLagMonitor | None) -> None:
         self._manager = manager
         self._inflight = inflight
+        self._loop_lag = loop_lag
 
     def collect(self) -> Iterator[Metric]:
         """One sample per counter, labelled with the instance id."""
@@ -46,14 +48,23 @@ class _StreamCollector:
             family = CounterMetricFamily(name, help_text, labels=["instance"])
             family.add_metric([instance], value)
             yield family
+        if self._loop_lag is not None:
+            lag = HistogramMetricFamily(
+                "notify_loop_lag_seconds", "How late the IOLoop ran a timer due every 50 ms", labels=["instance"]
+            )
+            buckets = [("+Inf" if bound == float("inf") else repr(bound), count) for bound, count in self._loop_lag.buckets()]
+            lag.add_metric([instance], buckets, sum_value=self._loop_lag.total)
+            yield lag
 
 
 class Metrics:
     """A registry of this application's own (tests build many apps)."""
 
-    def __init__(self, manager: ConnectionManager, inflight: Callable[[], int]) -> None:
+    def __init__(
+        self, manager: ConnectionManager, inflight: Callable[[], int], loop_lag: LoopLagMonitor | None = None
+    ) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(_StreamCollector(manager, inflight))
+        self.registry.register(_StreamCollector(manager, inflight, loop_lag))
 
     def exposition(self) -> bytes:
         """The Prometheus text format of every metric."""

@@ -67,6 +67,8 @@ class Deps:
     instance_id: str
     metrics: Any
     inflight: "InFlight"
+    #: A :class:`core.looplag.LoopLagMonitor`, or None where nothing samples.
+    loop_lag: Any = None
 
 
 class InFlight:

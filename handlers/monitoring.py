@@ -29,6 +29,8 @@ class StatsHandler(BaseHandler):
         stats = manager.get_stats()
         if scope == "cluster":
             stats = _sum_instances(await self.deps.broker.instances())
+        elif self.deps.loop_lag is not None:
+            stats["loopLagMs"] = self.deps.loop_lag.summary()
         if detail == "users":
             # A credential is required here: none at all is 401, not 403.
             require_admin(await self.authenticate())

@@ -7,11 +7,12 @@ user ids only for admins), ``GET /health/sse``, ``GET /health`` (200, or
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import pytest
 
-from tests.support.checks import assert_error_body
+from tests.support.checks import assert_error_body, wait_until
 from peewee import OperationalError
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -193,3 +194,36 @@ async def test_metrics_carry_no_credential_or_user_id(server):
     assert token.split(".")[2] not in text
     assert "alice" not in text
     client.close()
+
+
+# -- IOLoop lag ------------------------------------------------------------------------------
+
+
+async def test_stats_report_recent_loop_lag_in_milliseconds(server):
+    lag = server.app.deps.loop_lag
+    await wait_until(lambda: lag.samples >= 2)
+    stats = await get_stats(server)
+    summary = stats["loopLagMs"]
+    assert set(summary) == {"p50", "p99", "max", "samples"}
+    assert summary["samples"] >= 2
+    assert 0 <= summary["p50"] <= summary["p99"] <= summary["max"]
+
+
+async def test_a_blocked_loop_shows_as_loop_lag_in_stats_and_metrics(server):
+    lag = server.app.deps.loop_lag
+    await wait_until(lambda: lag.samples >= 1)
+    # The stall under test: the loop thread is held for 200 ms, as a slow
+    # synchronous call would hold it.
+    time.sleep(0.2)
+    taken = lag.samples
+    await wait_until(lambda: lag.samples > taken)
+    stats = await get_stats(server)
+    assert stats["loopLagMs"]["max"] >= 100
+    status, _, _, raw = await server.request("GET", "/metrics")
+    assert status == 200
+    families = {family.name: family for family in text_string_to_metric_families(raw.decode("utf-8"))}
+    histogram = families["notify_loop_lag_seconds"]
+    assert histogram.type == "histogram"
+    buckets = {sample.labels["le"]: sample.value for sample in histogram.samples if sample.name.endswith("_bucket")}
+    assert buckets["+Inf"] >= 2
+    assert buckets["0.1"] < buckets["+Inf"], "the 200 ms stall belongs above the 0.1 s bucket"

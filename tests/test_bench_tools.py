@@ -1,0 +1,110 @@
+"""The benchmark tools (``bench/``) still work against the product and the floor.
+
+Tiny sizes: these check that each scenario of ``bench/loadgen.py`` runs to
+the end and checks what it claims (every delivery, the replay sequences,
+the loop-lag histogram), not how fast anything is.  The load generator runs
+as its own process, as ``bench/run`` runs it, against a server on the
+test's loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+from typing import Any
+
+import pytest
+
+from bench.loadgen import lag_buckets, lag_window
+from tests.support.redis_server import free_port
+
+pytestmark = pytest.mark.timeout(60)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+LOADGEN = os.path.join(ROOT, "bench", "loadgen.py")
+FLOOR = os.path.join(ROOT, "bench", "floor.py")
+
+
+async def run_loadgen(port: int, secret: str, tmp_path, *args: str) -> tuple[int, dict[str, Any], str]:
+    """Run the load generator to the end; :returns: exit code, its JSON, its output."""
+    out = tmp_path / "result.json"
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, LOADGEN, *args, "--port", str(port), "--jwt-secret", secret, "--json", str(out),
+        "--source-ips", "2", "--settle", "0", "--bcast-pause", "0",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )
+    output, _ = await proc.communicate()
+    result = json.loads(out.read_text()) if out.exists() else {}
+    return proc.returncode, result, output.decode("utf-8", "replace")
+
+
+def test_lag_window_gives_percentiles_of_the_samples_between_two_scrapes():
+    before = lag_buckets(b'notify_loop_lag_seconds_bucket{instance="a",le="0.001"} 10.0\n'
+                         b'notify_loop_lag_seconds_bucket{instance="a",le="0.01"} 10.0\n'
+                         b'notify_loop_lag_seconds_bucket{instance="a",le="+Inf"} 10.0\n')
+    after = lag_buckets(b'notify_loop_lag_seconds_bucket{instance="a",le="0.001"} 108.0\n'
+                        b'notify_loop_lag_seconds_bucket{instance="a",le="0.01"} 109.0\n'
+                        b'notify_loop_lag_seconds_bucket{instance="a",le="+Inf"} 110.0\n')
+    window = lag_window(before, after)
+    assert window["samples"] == 100
+    assert window["p50_le_ms"] == 1.0
+    assert window["p99_le_ms"] == 10.0
+    assert window["max_le_ms"] is None, "one sample above the last finite bucket"
+
+
+async def test_broadcast_reaches_every_device_through_the_events_api(server, tmp_path):
+    code, result, output = await run_loadgen(
+        server.port, server.app.config.jwt_secret, tmp_path, "broadcast",
+        "--streams", "12", "--bcast-rounds", "2", "--bcast-warmup", "0")
+    assert code == 0, output
+    broadcast = result["broadcast"]
+    assert broadcast["deliveries_received"] == broadcast["deliveries_expected"] == 24
+    assert broadcast["latency_ms"]["count"] == 24
+    assert broadcast["id_regressions"] == 0
+
+
+async def test_replay_storm_finds_every_client_caught_up_with_no_gap_or_duplicate(server, tmp_path):
+    code, result, output = await run_loadgen(
+        server.port, server.app.config.jwt_secret, tmp_path, "replay-storm",
+        "--streams", "12", "--replay-behind", "4", "--storm-settle", "0.1")
+    assert code == 0, output
+    storm = result["replay_storm"]
+    assert storm["caught_up"] == storm["reconnected"] == 12
+    assert storm["within_10s"]
+    assert (storm["streams_with_gap"], storm["streams_with_duplicate"], storm["streams_out_of_order"]) == (0, 0, 0)
+    assert storm["streams_noncontiguous_cursor"] == 0
+    assert storm["resets"] == 0
+
+
+async def test_create_reports_stored_rate_and_the_servers_loop_lag(server, tmp_path):
+    code, result, output = await run_loadgen(
+        server.port, server.app.config.jwt_secret, tmp_path, "create",
+        "--streams", "0", "--create-concurrency", "2", "--duration", "1", "--create-warmup", "0",
+        "--create-users", "5")
+    assert code == 0, output
+    create = result["create"]
+    assert create["stored_201"] > 0
+    assert create["non_201"] == {} and create["errors"] == {}
+    assert create["loop_lag"]["samples"] >= 10, "a second of 50 ms samples"
+
+
+async def test_floor_delivers_events_to_every_device_of_each_listed_user(tmp_path):
+    port = free_port()
+    floor = await asyncio.create_subprocess_exec(
+        sys.executable, FLOOR, "--port", str(port), "--keepalive-interval", "3600",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )
+    try:
+        banner = await asyncio.wait_for(floor.stdout.readline(), 10)
+        assert banner.startswith(b"floor listening"), banner
+        code, result, output = await run_loadgen(
+            port, "unused-by-the-floor-" + "x" * 16, tmp_path, "broadcast",
+            "--streams", "9", "--bcast-rounds", "1", "--bcast-warmup", "0")
+        assert code == 0, output
+        assert result["broadcast"]["deliveries_received"] == 9
+    finally:
+        floor.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(floor.wait(), 10) == 0
