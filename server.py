@@ -27,10 +27,12 @@ from tornado.ioloop import IOLoop, PeriodicCallback
 from core.auth import ROLES, TokenService
 from core.broker import Broker, LocalBroker, StreamMessage
 from core.broker_redis import RedisBroker
-from core.config import Config, ConfigError, add_options, build_config
+from core.config import Config, ConfigError, add_options, build_config, parse_origins
 from core.connections import ConnectionManager
+from core.cors import CorsPolicy
 from core.event_bus import EventBus
 from core.metrics import Metrics
+from core.ratelimit import RateLimiter
 from core.service import DOMAIN_EVENTS, NotificationService
 from core.supervisor import ChildLink, Supervisor
 from core.validation import check_user_id
@@ -163,8 +165,8 @@ class NotifyApp(tornado.web.Application):
             (r"/health/sse", SSEHealthHandler, handler_args),
             (r"/health", HealthHandler, handler_args),
             (r"/metrics", MetricsHandler, handler_args),
-            (r"/static/(.*)", StaticHandler, {"path": STATIC_DIR}),
-            (r"/()", StaticHandler, {"path": STATIC_DIR, "default_filename": "index.html"}),
+            (r"/static/(.*)", StaticHandler, {"path": STATIC_DIR, "deps": deps}),
+            (r"/()", StaticHandler, {"path": STATIC_DIR, "default_filename": "index.html", "deps": deps}),
         ]
         super().__init__(
             routes,
@@ -268,8 +270,36 @@ def make_app(config: Config) -> NotifyApp:
         instance_id=instance_id,
         metrics=Metrics(manager, lambda: inflight.count),
         inflight=inflight,
+        cors=CorsPolicy(parse_origins(config.cors_origins)),
+        publish_limiter=RateLimiter(config.publish_rate, config.publish_burst) if config.publish_rate > 0 else None,
     )
     return NotifyApp(config, deps, runner, bus)
+
+
+def make_http_server(app: NotifyApp) -> tornado.httpserver.HTTPServer:
+    """The HTTP server for ``app``, with the connection limits of its config.
+
+    - ``idle_connection_timeout`` (``--idle-timeout``) is Tornado's deadline
+      for a request's whole header block, which also bounds the wait for
+      the next request on a kept-alive connection: a client that sends half
+      a request line, or trickles its headers (slow loris), is cut off then.
+      It never applies once a response is under way, so streams stay open.
+    - ``body_timeout`` (``--body-timeout``) bounds the time to send a body.
+    - ``max_header_size``: the handlers answer 431 over ``--max-header-kb``;
+      Tornado must buffer a header block before anyone can look at it, so
+      past twice that (at least 64 KiB) it stops reading and closes the
+      connection without an answer.
+    - ``max_body_size`` applies only where a handler does not count the body
+      itself (every route here does, see ``handlers.base``).
+    """
+    config = app.config
+    return tornado.httpserver.HTTPServer(
+        app,
+        max_header_size=max(2 * config.max_header_kb * 1024, 64 * 1024),
+        max_body_size=config.max_body_kb * 1024,
+        idle_connection_timeout=config.idle_timeout,
+        body_timeout=config.body_timeout,
+    )
 
 
 def tune_gc(manager: ConnectionManager) -> PeriodicCallback:
@@ -339,14 +369,7 @@ async def serve(
         except StartupError:
             await app.stop()
             raise
-    server = tornado.httpserver.HTTPServer(
-        app,
-        # The API's own limit (413) is --max-body-kb; past four times that,
-        # Tornado refuses the request before reading it.
-        max_body_size=max(4 * config.max_body_kb * 1024, 1024 * 1024),
-        idle_connection_timeout=75,
-        body_timeout=30,
-    )
+    server = make_http_server(app)
     server.add_sockets(sockets)
     gc_callback = tune_gc(app.deps.manager)
     log.info("serving on http://%s:%d (instance %s, database %s)", config.address, config.port,
