@@ -27,12 +27,14 @@ from tornado.ioloop import IOLoop, PeriodicCallback
 from core.auth import ROLES, TokenService
 from core.broker import Broker, LocalBroker, StreamMessage
 from core.broker_redis import RedisBroker
-from core.config import Config, ConfigError, add_options, build_config
+from core.config import Config, ConfigError, add_options, build_config, parse_origins
 from core.connections import ConnectionManager
+from core.cors import CorsPolicy
 from core.event_bus import EventBus
 from core.httpserver import GuardedHTTPServer
 from core.looplag import LoopLagMonitor
 from core.metrics import Metrics
+from core.ratelimit import RateLimiter
 from core.service import DOMAIN_EVENTS, NotificationService
 from core.supervisor import ChildLink, Supervisor
 from core.validation import check_user_id
@@ -165,8 +167,8 @@ class NotifyApp(tornado.web.Application):
             (r"/health/sse", SSEHealthHandler, handler_args),
             (r"/health", HealthHandler, handler_args),
             (r"/metrics", MetricsHandler, handler_args),
-            (r"/static/(.*)", StaticHandler, {"path": STATIC_DIR}),
-            (r"/()", StaticHandler, {"path": STATIC_DIR, "default_filename": "index.html"}),
+            (r"/static/(.*)", StaticHandler, {"path": STATIC_DIR, "deps": deps}),
+            (r"/()", StaticHandler, {"path": STATIC_DIR, "default_filename": "index.html", "deps": deps}),
         ]
         super().__init__(
             routes,
@@ -275,8 +277,38 @@ def make_app(config: Config) -> NotifyApp:
         metrics=Metrics(manager, lambda: inflight.count, loop_lag),
         inflight=inflight,
         loop_lag=loop_lag,
+        cors=CorsPolicy(parse_origins(config.cors_origins)),
+        publish_limiter=RateLimiter(config.publish_rate, config.publish_burst) if config.publish_rate > 0 else None,
     )
     return NotifyApp(config, deps, runner, bus)
+
+
+def make_http_server(app: NotifyApp) -> tornado.httpserver.HTTPServer:
+    """The HTTP server for ``app``, with the connection limits of its config.
+
+    - ``--idle-timeout`` is the deadline for a request's whole header
+      block, which also bounds the wait for the next request on a
+      kept-alive connection: a client that sends half a request line, or
+      trickles its headers (slow loris), is cut off then.  It never applies
+      once a request is read, so streams stay open.
+    - ``--body-timeout`` bounds the time to send a body.
+    - Both are kept by one periodic sweep (:mod:`core.httpserver`), not a
+      timer per request as Tornado's own would be.
+    - ``max_header_size``: the handlers answer 431 over ``--max-header-kb``;
+      Tornado must buffer a header block before anyone can look at it, so
+      past twice that (at least 64 KiB) it stops reading and closes the
+      connection without an answer.
+    - ``max_body_size`` applies only where a handler does not count the body
+      itself (every route here does, see ``handlers.base``).
+    """
+    config = app.config
+    return GuardedHTTPServer(
+        app,
+        max_header_size=max(2 * config.max_header_kb * 1024, 64 * 1024),
+        max_body_size=config.max_body_kb * 1024,
+        idle_timeout=config.idle_timeout,
+        body_timeout=config.body_timeout,
+    )
 
 
 def tune_gc(manager: ConnectionManager) -> PeriodicCallback:
@@ -346,14 +378,7 @@ async def serve(
         except StartupError:
             await app.stop()
             raise
-    server = GuardedHTTPServer(
-        app,
-        # The API's own limit (413) is --max-body-kb; past four times that,
-        # Tornado refuses the request before reading it.
-        max_body_size=max(4 * config.max_body_kb * 1024, 1024 * 1024),
-        idle_timeout=75,
-        body_timeout=30,
-    )
+    server = make_http_server(app)
     server.add_sockets(sockets)
     gc_callback = tune_gc(app.deps.manager)
     log.info("serving on http://%s:%d (instance %s, database %s)", config.address, config.port,

@@ -44,6 +44,12 @@ class Config:
     retry_ms: int = 2000
     log_level: str = "info"
     processes: int = 1
+    max_header_kb: int = 32
+    idle_timeout: float = 75.0
+    body_timeout: float = 30.0
+    publish_rate: float = 0.0
+    publish_burst: int = 0
+    cors_origins: str = ""
     #: Filled in by :func:`core.auth.load_keys` at start-up, never from a flag.
     jwt_public_key_pem: bytes = b""
 
@@ -57,6 +63,43 @@ def _positive(kind: Callable[[str], Any]) -> Callable[[str], Any]:
 
     parse.__name__ = f"positive {kind.__name__}"
     return parse
+
+
+def _non_negative(kind: Callable[[str], Any]) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        value = kind(text)
+        # "nan" and "inf" pass float(): neither is a usable limit.
+        if not 0 <= value < float("inf"):
+            raise argparse.ArgumentTypeError(f"must be a finite number, 0 or more, got {text!r}")
+        return value
+
+    parse.__name__ = f"non-negative {kind.__name__}"
+    return parse
+
+
+#: An origin as browsers send it: scheme, host, optional port; no path.
+_ORIGIN = re.compile(r"^https?://(\[[0-9a-f:.]+\]|[a-z0-9.-]+)(:[0-9]{1,5})?\Z")
+
+
+def parse_origins(text: str) -> tuple[str, ...]:
+    """The ``--cors-origins`` list: lowercase origins, or ``("*",)``, or empty.
+
+    :raises argparse.ArgumentTypeError: an entry that is not
+        ``http(s)://host[:port]``, or ``*`` mixed with explicit origins.
+    """
+    origins = tuple(dict.fromkeys(item.strip().lower() for item in text.split(",") if item.strip()))
+    if "*" in origins:
+        if len(origins) > 1:
+            raise argparse.ArgumentTypeError("'*' (any origin, without credentials) cannot be combined with explicit origins")
+        return origins
+    for origin in origins:
+        if not _ORIGIN.match(origin):
+            raise argparse.ArgumentTypeError(f"expected http(s)://host[:port] without a path, got {origin!r}")
+    return origins
+
+
+def _origins(text: str) -> str:
+    return ",".join(parse_origins(text))
 
 
 def _db_url(text: str) -> str:
@@ -102,6 +145,12 @@ OPTIONS: Sequence[tuple[str, Any, str]] = (
     ("--retry-ms", _positive(int), "reconnect delay suggested to browsers (SSE retry field)"),
     ("--log-level", str, "debug, info, warning or error"),
     ("--processes", _positive(int), "serving processes on this machine, sharing the port (above 1 needs --redis-url)"),
+    ("--max-header-kb", _positive(int), "largest request line plus headers in KiB (431 above)"),
+    ("--idle-timeout", _positive(float), "seconds a connection may take to send a request's headers, or sit idle between requests"),
+    ("--body-timeout", _positive(float), "seconds a client may take to send a request body"),
+    ("--publish-rate", _non_negative(float), "notifications and events one principal may publish per second, sustained (0 = no limit)"),
+    ("--publish-burst", _non_negative(int), "publishes one principal may make at once above --publish-rate (0 = one second's worth)"),
+    ("--cors-origins", _origins, "comma-separated origins allowed to call the API from a browser, with credentials; '*' = any origin, without credentials; empty = no CORS"),
 )
 
 

@@ -70,6 +70,13 @@ class UnsupportedMediaType(DomainError):
     code = "unsupported_media_type"
 
 
+class RequestHeadersTooLarge(DomainError):
+    """A request line plus headers over the configured limit."""
+
+    status = 431
+    code = "headers_too_large"
+
+
 class ValidationError(DomainError):
     """Well-formed input whose fields are invalid."""
 

@@ -73,6 +73,7 @@ class NotificationsHandler(BaseHandler):
     async def post(self, user_id: str) -> None:
         """Store a notification and push it to the user's devices."""
         principal = await self.authenticate()
+        self.check_publish_rate(principal)
         require_creator(principal, check_user_id(user_id))
         fields = validate_notification(self.json_body())
         origin = self.request.headers.get("X-Connection-Id") or None
@@ -131,6 +132,7 @@ class EventsHandler(BaseHandler):
     async def post(self) -> None:
         """Store and push one named event to each listed user."""
         principal = await self.authenticate()
+        self.check_publish_rate(principal)
         require_event_publisher(principal)
         name, user_ids, data = validate_event(self.json_body())
         published = await self.deps.service.publish_event(principal, name, user_ids, data)

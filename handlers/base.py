@@ -10,18 +10,34 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
+import re
+import socket
 import time
 from http import HTTPStatus
 from typing import Any
 
+import tornado.gen
+import tornado.iostream
 import tornado.web
 from tornado import httputil
+from tornado.ioloop import IOLoop
 
 from core.auth import Principal, TokenService
 from core.broker import Broker
 from core.config import Config
 from core.connections import ConnectionManager
-from core.errors import AuthError, DomainError, PayloadTooLarge, UnsupportedMediaType
+from core.cors import CorsPolicy
+from core.errors import (
+    AuthError,
+    DomainError,
+    Forbidden,
+    PayloadTooLarge,
+    RequestHeadersTooLarge,
+    TooManyRequests,
+    UnsupportedMediaType,
+)
+from core.ratelimit import RateLimiter
 from core.service import NotificationService
 from core.validation import parse_json_body
 
@@ -37,6 +53,7 @@ _HTTP_CODES = {
     409: "conflict",
     413: "payload_too_large",
     415: "unsupported_media_type",
+    431: "headers_too_large",
     422: "validation_error",
     429: "too_many_requests",
     503: "unavailable",
@@ -69,6 +86,10 @@ class Deps:
     inflight: "InFlight"
     #: A :class:`core.looplag.LoopLagMonitor`, or None where nothing samples.
     loop_lag: Any = None
+    #: ``--cors-origins``; the default allows no other origin.
+    cors: CorsPolicy = dataclasses.field(default_factory=CorsPolicy)
+    #: ``--publish-rate``; None when publishing is not rate limited.
+    publish_limiter: RateLimiter | None = None
 
 
 class InFlight:
@@ -79,8 +100,175 @@ class InFlight:
         self.streams = 0
 
 
-class BaseHandler(tornado.web.RequestHandler):
-    """JSON API handler: credentials, bodies, and the one error format."""
+#: The connection's own body limit, lifted: :class:`LimitedRequestHandler`
+#: counts the body itself.  Tornado refuses a body over its limit with a
+#: bare ``400`` and a closed connection, and, when the handler has already
+#: answered, writes that 400 after the answer.
+NO_CONNECTION_LIMIT = 1 << 62
+
+_DIGITS = re.compile(r"[0-9]{1,19}\Z")
+
+#: A request refused before its body was read is drained for at most this
+#: long, and this much, before its connection is closed (see linger_close).
+LINGER_SECONDS = 5.0
+LINGER_BYTES = 64 * 1024 * 1024
+
+
+def declared_length(headers: Any) -> int | None:
+    """The body size a well-formed ``Content-Length`` announces, else None.
+
+    Repeated equal values (``5, 5``: some proxies do that) count once, as
+    Tornado reads them.  A malformed value is None here: Tornado refuses
+    that message itself (a bare 400; see README, Limits).
+    """
+    raw = headers.get("Content-Length")
+    if raw is None:
+        return None
+    values = {value.strip() for value in raw.split(",")}
+    if len(values) != 1:
+        return None
+    value = values.pop()
+    return int(value) if _DIGITS.match(value) else None
+
+
+async def linger_close(answered: tornado.iostream.IOStream, sock: socket.socket, seconds: float = LINGER_SECONDS, max_bytes: int = LINGER_BYTES) -> None:
+    """Close a connection whose request body was never read, without losing the answer.
+
+    Closing a socket with unread input makes the kernel reset the
+    connection, and a client still busy sending its body then loses the
+    answer it has not read yet: it sees "connection reset" instead of the
+    413.  Tornado closes exactly so when a handler answers before reading
+    the body.  So, as web servers do (a "lingering close"): ``sock`` is a
+    duplicate of the connection's socket, taken before Tornado closed its
+    own; once the answer is written, send FIN, read and discard what the
+    client still sends for a bounded time and amount, and only then close.
+
+    :param answered: Tornado's stream, which writes the answer and closes.
+    :param sock: the duplicate, which keeps the connection open meanwhile.
+    """
+    stream: tornado.iostream.IOStream | None = None
+    try:
+        if not answered.closed():
+            # Resolves once the answer is in the kernel (or fails if the
+            # connection died); Tornado closes its stream right then.
+            await answered.write(b"")
+        answered.close()
+        sock.shutdown(socket.SHUT_WR)
+        stream = tornado.iostream.IOStream(sock)
+        deadline = IOLoop.current().time() + seconds
+        drained = 0
+        while drained < max_bytes:
+            chunk = await tornado.gen.with_timeout(
+                deadline, stream.read_bytes(64 * 1024, partial=True), quiet_exceptions=tornado.iostream.StreamClosedError
+            )
+            drained += len(chunk)
+    except (tornado.iostream.StreamClosedError, tornado.gen.TimeoutError, OSError):
+        pass
+    finally:
+        if stream is not None:
+            stream.close()
+        else:
+            sock.close()
+
+
+@tornado.web.stream_request_body
+class LimitedRequestHandler(tornado.web.RequestHandler):
+    """Refuses a request over the header or body limit with a JSON error.
+
+    The body is streamed in (``stream_request_body``) so that its size is
+    counted as it arrives: a ``Content-Length`` over the limit is refused
+    before a byte of the body is read, a chunked body as soon as it passes
+    the limit, and in both cases the client gets the JSON 413 however big
+    the body is, while the server never holds more than the limit.  The
+    connection is then closed, after a lingering drain (:func:`linger_close`)
+    so that a client still sending does get the answer.
+    """
+
+    max_header_bytes = 32 * 1024
+    max_body_bytes = 256 * 1024
+
+    def set_limits(self, config: Config | None) -> None:
+        """Take the limits from ``config`` (call from ``initialize``; None keeps the defaults)."""
+        if config is not None:
+            self.max_header_bytes = config.max_header_kb * 1024
+            self.max_body_bytes = config.max_body_kb * 1024
+        self._chunks: list[bytes] = []
+        self._received = 0
+
+    def check_limits(self) -> None:
+        """Refuse oversized headers, or a body announced over the limit.
+
+        :raises RequestHeadersTooLarge: request line plus headers over
+            ``--max-header-kb`` (431).
+        :raises PayloadTooLarge: ``Content-Length`` over ``--max-body-kb`` (413).
+        """
+        request = self.request
+        set_max_body_size = getattr(request.connection, "set_max_body_size", None)
+        if set_max_body_size is not None:
+            set_max_body_size(NO_CONNECTION_LIMIT)
+        # The size as sent, near enough: "name: value\r\n" per header.
+        size = len(request.method or "") + len(request.uri or "") + len(request.version) + 4
+        size += sum(len(name) + len(value) + 4 for name, value in request.headers.get_all())
+        # The answer comes before the body is read; Tornado then closes the
+        # connection rather than read the body: say so.
+        close = {"Connection": "close"}
+        if size > self.max_header_bytes:
+            raise RequestHeadersTooLarge(
+                f"the request line and headers are larger than {self.max_header_bytes // 1024} KiB", headers=close
+            )
+        length = declared_length(request.headers)
+        if length is not None and length > self.max_body_bytes:
+            raise PayloadTooLarge(f"the body is larger than {self.max_body_bytes // 1024} KiB", headers=close)
+
+    def data_received(self, chunk: bytes) -> None:
+        """Keep the body up to the limit; past it, answer 413 at once."""
+        if self._finished:
+            return
+        self._received += len(chunk)
+        if self._received > self.max_body_bytes:
+            self._chunks = []
+            error = PayloadTooLarge(f"the body is larger than {self.max_body_bytes // 1024} KiB", headers={"Connection": "close"})
+            self.send_error(error.status, exc_info=(type(error), error, None))
+            return
+        self._chunks.append(chunk)
+
+    def finish(self, chunk: Any = None) -> Any:
+        """Finish the response; linger if the request body is still unread (see :func:`linger_close`)."""
+        duplicate = None
+        stream = getattr(self.request.connection, "stream", None)
+        if self._body_unread() and stream is not None and not stream.closed():
+            # Taken now: Tornado may close its socket within finish().
+            try:
+                duplicate = stream.socket.dup()
+            except OSError:
+                duplicate = None
+        result = super().finish(chunk)
+        if duplicate is not None:
+            IOLoop.current().add_callback(linger_close, stream, duplicate)
+        return result
+
+    def _body_unread(self) -> bool:
+        """Whether a request body is still (partly) unread.
+
+        In streaming mode Tornado resolves ``request._body_future`` once
+        the whole body has been received; before that, a finished answer
+        makes it close the connection with the rest of the body unread.
+        """
+        received = getattr(self.request, "_body_future", None)
+        if received is None or received.done():
+            return False
+        headers = self.request.headers
+        return bool(declared_length(headers)) or "chunked" in headers.get("Transfer-Encoding", "").lower()
+
+    def request_body(self) -> bytes:
+        """The whole request body (``self.request.body`` stays empty when streaming)."""
+        if len(self._chunks) != 1:
+            self._chunks = [b"".join(self._chunks)]
+        return self._chunks[0]
+
+
+class BaseHandler(LimitedRequestHandler):
+    """JSON API handler: credentials, bodies, CORS, and the one error format."""
 
     deps: Deps
 
@@ -88,14 +276,20 @@ class BaseHandler(tornado.web.RequestHandler):
         """Receive the application's dependencies."""
         self.deps = deps
         self._counted = False
+        self.set_limits(deps.config)
+        self._set_cors_headers()
 
     def prepare(self) -> None:
-        """Count the request as in flight until :meth:`on_finish`."""
+        """Count the request as in flight until :meth:`on_finish`; check its size."""
         self.deps.inflight.count += 1
         self._counted = True
+        self.check_limits()
 
     def on_finish(self) -> None:
         """Stop counting the request."""
+        self._stop_counting()
+
+    def _stop_counting(self) -> None:
         if self._counted:
             self._counted = False
             self.deps.inflight.count -= 1
@@ -120,6 +314,73 @@ class BaseHandler(tornado.web.RequestHandler):
         self._write_buffer = []
         self._status_code = 200
         self._reason = "OK"
+
+    def on_connection_close(self) -> None:
+        """The client left before its body was in: nothing will finish this request.
+
+        Tornado then drops the request without calling :meth:`on_finish`
+        (the body timeout, a client that hangs up mid-body), so it stops
+        being counted here, or shutdown would wait for it in vain.
+        """
+        body = getattr(self.request, "_body_future", None)
+        if body is not None and not body.done():
+            self._stop_counting()
+        super().on_connection_close()
+
+    def set_default_headers(self) -> None:
+        """CORS headers if configured (:meth:`clear` sets the JSON defaults)."""
+        # Also called (through clear()) before initialize() has run.
+        if hasattr(self, "deps"):
+            self._set_cors_headers()
+
+    def _set_cors_headers(self) -> None:
+        for name, value in self.deps.cors.headers(self.request.headers.get("Origin")).items():
+            self.set_header(name, value)
+
+    def allowed_methods(self) -> list[str]:
+        """The methods this path answers (for ``Allow`` and CORS preflights)."""
+        methods = [
+            method
+            for method in ("GET", "POST", "PATCH", "DELETE")
+            if getattr(type(self), method.lower()) is not getattr(tornado.web.RequestHandler, method.lower())
+        ]
+        return methods + ["OPTIONS"]
+
+    def options(self, *args: str) -> None:
+        """A CORS preflight (405 when ``--cors-origins`` is empty).
+
+        An allowed origin, or none, gets 204 with ``Allow`` (and the
+        ``Access-Control-*`` answer); an origin not on the list gets 403.
+        """
+        cors = self.deps.cors
+        if not cors.enabled:
+            raise tornado.web.HTTPError(405)
+        origin = self.request.headers.get("Origin")
+        if origin is not None and not cors.allows(origin):
+            raise Forbidden("this origin is not allowed to call the API", code="origin_not_allowed")
+        methods = self.allowed_methods()
+        self.set_header("Allow", ", ".join(methods))
+        for name, value in cors.preflight_headers(origin, methods).items():
+            self.set_header(name, value)
+        self.set_status(204)
+        self.finish()
+
+    def check_publish_rate(self, principal: Principal) -> None:
+        """Spend one of the caller's publishes (``--publish-rate``, per token subject).
+
+        :raises TooManyRequests: the caller's bucket is empty; ``Retry-After``
+            says in how many whole seconds (at least 1) to try again.
+        """
+        limiter = self.deps.publish_limiter
+        if limiter is None:
+            return
+        wait = limiter.take(principal.user_id)
+        if wait > 0:
+            raise TooManyRequests(
+                "too many publishes; slow down and retry after the Retry-After seconds",
+                code="rate_limited",
+                headers={"Retry-After": str(max(1, math.ceil(wait)))},
+            )
 
     # -- output ---------------------------------------------------------------
 
@@ -172,12 +433,9 @@ class BaseHandler(tornado.web.RequestHandler):
         """The request body as a JSON object.
 
         :param required: when False, an empty body reads as ``{}``.
-        :raises PayloadTooLarge: over ``--max-body-kb``.
         :raises UnsupportedMediaType: a body that is not ``application/json``.
         """
-        body = self.request.body
-        if len(body) > self.deps.config.max_body_kb * 1024:
-            raise PayloadTooLarge(f"the body is larger than {self.deps.config.max_body_kb} KiB")
+        body = self.request_body()
         if not body and not required:
             return {}
         media_type = self.request.headers.get("Content-Type", "").split(";", 1)[0].strip().lower()

@@ -8,7 +8,7 @@ from typing import Any, Iterator
 
 import tornado.web
 
-from handlers.base import BaseHandler
+from handlers.base import BaseHandler, Deps, LimitedRequestHandler
 
 STATIC_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "static")
 
@@ -34,17 +34,34 @@ CONTENT_SECURITY_POLICY = "; ".join(
 @contextlib.contextmanager
 def _as_not_found() -> Iterator[None]:
     """Tornado answers 403 for paths it refuses; the same 404 as for a
-    missing file tells a prober nothing about what lies around the folder."""
+    missing file tells a prober nothing about what lies around the folder.
+    A NUL byte (``%00``) makes the file system calls raise ValueError: also
+    a 404, not a 500."""
     try:
         yield
+    except ValueError:
+        raise tornado.web.HTTPError(404, "no such file") from None
     except tornado.web.HTTPError as error:
         if error.status_code != 403:
             raise
         raise tornado.web.HTTPError(404, "no such file") from None
 
 
-class StaticHandler(tornado.web.StaticFileHandler):
-    """Files under ``static/``; anything outside it or missing is a JSON 404."""
+class StaticHandler(LimitedRequestHandler, tornado.web.StaticFileHandler):
+    """Files under ``static/``; anything outside it or missing is a JSON 404.
+
+    Request size limits as for the API (a body sent here is refused with a
+    JSON error like anywhere else, never with Tornado's bare 400).
+    """
+
+    def initialize(self, path: str, default_filename: str | None = None, deps: Deps | None = None) -> None:
+        """The folder, the file for ``/``, and the limits from ``deps``."""
+        super().initialize(path, default_filename)
+        self.set_limits(deps.config if deps is not None else None)
+
+    def prepare(self) -> None:
+        """Refuse oversized requests before anything else."""
+        self.check_limits()
 
     def set_default_headers(self) -> None:
         """Security headers on every file, and revalidation on every load."""
@@ -83,7 +100,5 @@ class StaticHandler(tornado.web.StaticFileHandler):
         BaseHandler.write_error(self, status_code, **kwargs)  # type: ignore[arg-type]
 
     def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
-        """A missing file is an answer, not a failure."""
-        if isinstance(value, tornado.web.HTTPError) and value.status_code < 500:
-            return
-        super().log_exception(typ, value, tb)
+        """A missing file or a refused request is an answer, not a failure."""
+        BaseHandler.log_exception(self, typ, value, tb)  # type: ignore[arg-type]

@@ -27,7 +27,7 @@ import tornado.netutil
 
 from core.auth import TokenService
 from core.config import Config
-from server import NotifyApp, make_app
+from server import NotifyApp, make_app, make_http_server
 from tests.support.redis_server import RedisServer
 from tests.support.sse import SSEClient, http_json
 
@@ -254,7 +254,7 @@ def make_server(io_loop, new_db_url) -> Callable[..., Server]:
 
     def listen(app: NotifyApp) -> Server:
         sockets = tornado.netutil.bind_sockets(0, "127.0.0.1")
-        http_server = tornado.httpserver.HTTPServer(app, max_body_size=1024 * 1024)
+        http_server = make_http_server(app)
         http_server.add_sockets(sockets)
         started.append((app, http_server))
         return Server(app, sockets[0].getsockname()[1], app.config.jwt_secret)

@@ -103,6 +103,12 @@ ENV_VALUES = {
     "--retry-ms": ("500", 500),
     "--log-level": ("debug", "debug"),
     "--processes": ("4", 4),
+    "--max-header-kb": ("8", 8),
+    "--idle-timeout": ("5.5", 5.5),
+    "--body-timeout": ("2", 2.0),
+    "--publish-rate": ("12.5", 12.5),
+    "--publish-burst": ("40", 40),
+    "--cors-origins": ("https://app.example, http://localhost:3000", "https://app.example,http://localhost:3000"),
 }
 
 
@@ -173,6 +179,14 @@ def test_redis_urls_are_accepted(url):
         (["--keepalive-interval", "0"], "argument --keepalive-interval: must be greater than 0"),
         (["--max-devices-per-user", "many"], "argument --max-devices-per-user: invalid positive int value: 'many'"),
         (["--log-level", "loud"], "--log-level: expected debug, info, warning or error, got 'loud'"),
+        (["--publish-rate", "-1"], "argument --publish-rate: must be a finite number, 0 or more, got '-1'"),
+        (["--publish-rate", "nan"], "argument --publish-rate: must be a finite number, 0 or more, got 'nan'"),
+        (["--publish-rate", "inf"], "argument --publish-rate: must be a finite number, 0 or more, got 'inf'"),
+        (["--publish-burst", "1.5"], "argument --publish-burst: invalid non-negative int value: '1.5'"),
+        (["--idle-timeout", "0"], "argument --idle-timeout: must be greater than 0"),
+        (["--cors-origins", "https://app.example/"], "argument --cors-origins: expected http(s)://host[:port] without a path, got 'https://app.example/'"),
+        (["--cors-origins", "app.example"], "argument --cors-origins: expected http(s)://host[:port]"),
+        (["--cors-origins", "*,https://app.example"], "argument --cors-origins: '*' (any origin, without credentials) cannot be combined"),
     ],
     ids=lambda value: " ".join(value) if isinstance(value, list) else "",
 )
@@ -198,6 +212,21 @@ def test_bad_environment_value_is_a_usage_error_naming_the_variable(capsys, vari
     message = usage_error(capsys, environ={variable: raw})
     assert message.startswith("server.py: error: ")
     assert fragment in message
+
+
+def test_limit_defaults_leave_publishing_unlimited_and_cors_off():
+    config = load()
+    assert (config.publish_rate, config.publish_burst, config.cors_origins) == (0, 0, "")
+    assert (config.max_header_kb, config.idle_timeout, config.body_timeout) == (32, 75, 30)
+
+
+def test_cors_origins_are_lowercased_and_deduplicated():
+    config = load(["--cors-origins", "HTTPS://App.Example:8443,https://app.example:8443, http://[::1]:3000"])
+    assert config.cors_origins == "https://app.example:8443,http://[::1]:3000"
+
+
+def test_cors_origins_star_alone_is_accepted():
+    assert load(environ={"NOTIFY_CORS_ORIGINS": " * "}).cors_origins == "*"
 
 
 def test_non_numeric_port_in_environment_says_what_was_expected(capsys):
