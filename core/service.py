@@ -33,7 +33,7 @@ from core.connections import SHUTDOWN, ConnectionManager, Device
 from core.errors import AuthError, BadRequest, Conflict, NotFound, Unavailable
 from core.event_bus import EventBus
 from core.sse import Frame, encode_event
-from core.validation import compact_json, iso
+from core.validation import Encoded, compact_json, iso
 from models import queries
 from models.runner import DatabaseRunner, StorageUnavailable
 
@@ -160,20 +160,22 @@ class NotificationService:
         nid, now = queries.new_notification_id(), self._now_ms()
         # The wire form is built here, once: it is both the response and
         # the stream event's data, stored with the notification.
-        body = {
-            "notificationId": nid,
-            "userId": user_id,
-            "type": fields["type"],
-            "message": fields["message"],
-            "createdAt": iso(now),
-            "actionUrl": fields["action_url"],
-            "sourceType": fields["source_type"],
-            "readAt": None,
-            "data": fields["data"],
-        }
+        body = Encoded(
+            {
+                "notificationId": nid,
+                "userId": user_id,
+                "type": fields["type"],
+                "message": fields["message"],
+                "createdAt": iso(now),
+                "actionUrl": fields["action_url"],
+                "sourceType": fields["source_type"],
+                "readAt": None,
+                "data": fields["data"],
+            }
+        )
         data = compact_json(fields["data"]) if fields["data"] is not None else None
         item = (nid, user_id, fields["type"], fields["message"], fields["action_url"], fields["source_type"], data,
-                now, compact_json(body))
+                now, body.text)
         await self._write(_store_one, item, origin, on_commit=self._announce_created, bulk=_store_many)
         return body
 

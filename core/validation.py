@@ -37,6 +37,21 @@ def compact_json(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
 
+class Encoded(dict):
+    """A JSON object that also carries its :func:`compact_json` text.
+
+    A new notification's wire form is both the response and the stream
+    event's data: it is encoded once, and the response reuses the text.
+    The caller must not change the dict afterwards.
+    """
+
+    __slots__ = ("text",)
+
+    def __init__(self, value: dict[str, Any]) -> None:
+        super().__init__(value)
+        self.text = compact_json(value)
+
+
 def iso(ms: int | None) -> str | None:
     """Epoch milliseconds as ISO 8601 UTC with a trailing ``Z``."""
     if ms is None:

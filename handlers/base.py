@@ -39,7 +39,7 @@ from core.errors import (
 )
 from core.ratelimit import RateLimiter
 from core.service import NotificationService
-from core.validation import parse_json_body
+from core.validation import Encoded, parse_json_body
 
 log = logging.getLogger("notify.http")
 
@@ -385,9 +385,10 @@ class BaseHandler(LimitedRequestHandler):
     # -- output ---------------------------------------------------------------
 
     def send_json(self, value: Any, status: int = 200) -> None:
-        """Finish with ``value`` as JSON."""
+        """Finish with ``value`` as JSON (its own text if it is :class:`Encoded`)."""
         self.set_status(status)
-        self.finish(json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode("utf-8"))
+        text = value.text if isinstance(value, Encoded) else json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+        self.finish(text.encode("utf-8"))
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         """Map a domain error (or Tornado's own) to the contract's error body."""
