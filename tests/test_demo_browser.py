@@ -474,8 +474,16 @@ async def test_closing_the_leader_tab_hands_over_without_losing_a_notification(m
 
     for page in rest:
         await wait_item(page, during["notificationId"])
-    new_roles = [await page.get_attribute("#conn", "data-role") for page in rest]
-    assert sorted(new_roles) == ["follower", "leader"]
+    # The new leader may have shown the item (caught up from the relayed
+    # cursor) a moment before its indicator says so: wait for the roles.
+    async def roles_of_the_rest() -> list[str | None]:
+        return sorted([await page.get_attribute("#conn", "data-role") or "" for page in rest])
+
+    for _ in range(200):
+        if await roles_of_the_rest() == ["follower", "leader"]:
+            break
+        await asyncio.sleep(0.05)
+    assert await roles_of_the_rest() == ["follower", "leader"]
     await wait_devices(server, 1)
     after = await server.notify(USER, "after the handover")
     for page in rest:
