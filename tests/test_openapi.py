@@ -14,6 +14,7 @@ import re
 from pathlib import Path
 
 import pytest
+import tornado.routing
 import tornado.web
 import yaml
 from openapi_spec_validator import OpenAPIV31SpecValidator
