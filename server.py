@@ -50,6 +50,7 @@ from handlers.api import (
 )
 from handlers.base import Deps, InFlight, NotFoundHandler
 from handlers.monitoring import HealthHandler, MetricsHandler, SSEHealthHandler, StatsHandler
+from handlers.openapi import OpenAPIHandler
 from handlers.static import STATIC_DIR, StaticHandler
 from handlers.stream import StreamHandler
 from models.runner import DatabaseRunner
@@ -168,6 +169,7 @@ class NotifyApp(tornado.web.Application):
             (user, NotificationsHandler, handler_args),
             (r"/api/v1/events", EventsHandler, handler_args),
             (r"/api/v1/stats", StatsHandler, handler_args),
+            (r"/api/v1/openapi\.json", OpenAPIHandler, handler_args),
             (r"/health/sse", SSEHealthHandler, handler_args),
             (r"/health", HealthHandler, handler_args),
             (r"/metrics", MetricsHandler, handler_args),

@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
 from core.errors import AuthError, Forbidden, Unavailable
+from core.validation import USER_ID
 
 ROLES = ("user", "publisher", "admin")
 
@@ -143,7 +144,10 @@ class TokenService:
             raise AuthError("the token has expired", code="token_expired")
         subject = claims["sub"]
         role = claims.get("role", "user")
-        if not isinstance(subject, str) or not subject or role not in ROLES:
+        # The subject becomes a user id in queries and stored tickets: one no
+        # user can have (NUL, a lone surrogate, over 128 characters) would
+        # make the database fail the request with a 500.
+        if not isinstance(subject, str) or not USER_ID.match(subject) or role not in ROLES:
             raise AuthError("the token's subject or role is invalid", code="invalid_token")
         return Principal(user_id=subject, role=role, expires_at=float(claims["exp"]))
 

@@ -26,7 +26,9 @@ MAX_USER_ID = 128
 # let "name\n" through.
 SOURCE_TYPE = re.compile(r"^[A-Z0-9_]{1,64}\Z")
 EVENT_NAME = re.compile(r"^[a-z0-9][a-z0-9._:-]{0,63}\Z")
-USER_ID = re.compile(r"^[^\x00-\x1f\x7f/]{1,128}\Z")
+#: No control characters, no '/', and no lone surrogates (which no UTF-8
+#: database column or response can hold; a JWT's claims may contain them).
+USER_ID = re.compile(r"^[^\x00-\x1f\x7f/\ud800-\udfff]{1,128}\Z")
 #: Names the product itself sends on the stream; nobody may publish them.
 RESERVED_EVENTS = frozenset({"message", "ready", "reset", "token-expired", "notification-read", "notification-deleted"})
 _CONTROL = re.compile(r"[\x00-\x20\x7f]")

@@ -1,4 +1,10 @@
-"""REST handlers: authentication, notifications, events for other modules."""
+"""REST handlers: authentication, notifications, events for other modules.
+
+Every ``{userId}`` taken from a path is checked with
+:func:`~core.validation.check_user_id` before it reaches a query: an id no
+user can have (a control character, over 128 characters) is a 422, where
+PostgreSQL would otherwise refuse the parameter (NUL) and answer a 500.
+"""
 
 from __future__ import annotations
 
@@ -64,7 +70,7 @@ class NotificationsHandler(BaseHandler):
     async def get(self, user_id: str) -> None:
         """A page of notifications, newest first."""
         principal = await self.authenticate()
-        require_reader(principal, user_id)
+        require_reader(principal, check_user_id(user_id))
         limit = parse_limit(self.get_query_argument("limit", None))
         before = self.get_query_argument("before", None)
         unread = parse_bool("unread", self.get_query_argument("unread", None))
@@ -91,6 +97,7 @@ class UnreadCountHandler(BaseHandler):
     async def get(self, user_id: str) -> None:
         """How many notifications are unread."""
         principal = await self.authenticate()
+        check_user_id(user_id)
         self.send_json({"unreadCount": await self.deps.service.unread_count(principal, user_id)})
 
 
@@ -100,6 +107,7 @@ class ReadAllHandler(BaseHandler):
     async def post(self, user_id: str) -> None:
         """Mark every notification read."""
         principal = await self.authenticate()
+        check_user_id(user_id)
         self.send_json(await self.deps.service.read_all(principal, user_id))
 
 
@@ -109,18 +117,20 @@ class NotificationHandler(BaseHandler):
     async def get(self, user_id: str, notification_id: str) -> None:
         """One notification."""
         principal = await self.authenticate()
+        check_user_id(user_id)
         self.send_json(await self.deps.service.get_notification(principal, user_id, notification_id))
 
     async def patch(self, user_id: str, notification_id: str) -> None:
         """Set the read state; the user's other devices are told."""
         principal = await self.authenticate()
-        require_reader(principal, user_id)
+        require_reader(principal, check_user_id(user_id))
         read = validate_read_flag(self.json_body())
         self.send_json(await self.deps.service.set_read(principal, user_id, notification_id, read))
 
     async def delete(self, user_id: str, notification_id: str) -> None:
         """Delete it; the user's devices are told."""
         principal = await self.authenticate()
+        check_user_id(user_id)
         await self.deps.service.delete(principal, user_id, notification_id)
         self.set_status(204)
         self.finish()

@@ -53,8 +53,9 @@ _HTTP_CODES = {
     409: "conflict",
     413: "payload_too_large",
     415: "unsupported_media_type",
-    431: "headers_too_large",
+    416: "range_not_satisfiable",
     422: "validation_error",
+    431: "headers_too_large",
     429: "too_many_requests",
     503: "unavailable",
 }

@@ -95,6 +95,14 @@ class StaticHandler(LimitedRequestHandler, tornado.web.StaticFileHandler):
         with _as_not_found():
             return super().validate_absolute_path(root, absolute_path)
 
+    async def get(self, path: str, include_body: bool = True) -> None:
+        """The file (or a range of it); a range outside it is a JSON 416."""
+        await super().get(path, include_body)
+        if self.get_status() == 416:
+            # Tornado leaves an empty text/plain body here; every error of
+            # the API is JSON (Content-Range, already set, stays).
+            self.write_error(416, exc_info=(None, tornado.web.HTTPError(416, "the range is outside the file"), None))
+
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         """The same JSON error body as the API."""
         BaseHandler.write_error(self, status_code, **kwargs)  # type: ignore[arg-type]

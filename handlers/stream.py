@@ -15,7 +15,7 @@ from core.auth import require_reader
 from core.connections import SHUTDOWN, Device
 from core.sockwriter import SocketWriter
 from core.sse import encode_comment, encode_event
-from core.validation import compact_json, parse_cursor
+from core.validation import check_user_id, compact_json, parse_cursor
 from handlers.base import BaseHandler, log
 
 
@@ -27,7 +27,7 @@ class StreamHandler(BaseHandler):
     async def get(self, user_id: str) -> None:
         """Open the stream, replay what was missed, then stay live."""
         principal = await self.authenticate(allow_query=True)
-        require_reader(principal, user_id)
+        require_reader(principal, check_user_id(user_id))
         after = parse_cursor(self.request.headers.get("Last-Event-ID") or self.get_query_argument("lastEventId", None))
         manager = self.deps.manager
         device = manager.subscribe(user_id, principal.expires_at)

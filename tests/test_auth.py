@@ -464,6 +464,20 @@ async def test_invalid_token_is_401(server, kind, where):
         assert_stream_refused(client, 401)
 
 
+#: Subjects no user can have.  Signed with the right key they used to
+#: reach the database as a user id, which failed the request with a 500
+#: (a lone surrogate everywhere; NUL or over 128 characters on PostgreSQL).
+IMPOSSIBLE_SUBJECTS = {"nul": "al\x00ice", "lone-surrogate": "\ud800", "too-long": "a" * 129, "slash": "a/b"}
+
+
+@pytest.mark.parametrize("kind", sorted(IMPOSSIBLE_SUBJECTS))
+async def test_a_signed_token_whose_subject_no_user_can_have_is_401(server, no_error_logged, kind):
+    token = forge(claims(sub=IMPOSSIBLE_SUBJECTS[kind]))
+    status, headers, body, _ = await server.request("POST", TICKET, headers={"Authorization": f"Bearer {token}"})
+    assert_unauthorized(status, headers, body)
+    assert body["error"]["code"] == "invalid_token"
+
+
 async def test_hand_built_hs256_token_is_accepted(server):
     """The positive control of the forged tokens above."""
     status, _, _, raw = await get_list(server, "alice", {"Authorization": f"Bearer {forge(claims())}"})

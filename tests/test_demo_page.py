@@ -13,6 +13,8 @@ import re
 
 import pytest
 
+from tests.support.checks import assert_error
+
 pytestmark = [pytest.mark.timeout(30), pytest.mark.usefixtures("no_error_logged")]
 
 STATIC = pathlib.Path(__file__).resolve().parent.parent / "static"
@@ -124,3 +126,17 @@ async def test_paths_outside_the_static_folder_are_a_json_404(server):
         status, headers, body, _ = await server.request("GET", path)
         assert status == 404, path
         assert body["error"]["code"] == "not_found", path
+
+
+async def test_a_range_outside_a_file_is_a_json_416(server):
+    # Tornado's own answer was an empty text/plain 416; every error is JSON.
+    size = (STATIC / "style.css").stat().st_size
+    response = await server.request("GET", "/static/style.css", headers={"Range": f"bytes={size + 10}-"})
+    assert_error(response, 416, "range_not_satisfiable")
+    assert response[1]["Content-Range"] == f"bytes */{size}"
+
+
+async def test_a_range_inside_a_file_is_a_206_with_those_bytes(server):
+    status, headers, _, raw = await server.request("GET", "/static/style.css", headers={"Range": "bytes=0-9"})
+    assert status == 206
+    assert raw == (STATIC / "style.css").read_bytes()[:10]

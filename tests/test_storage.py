@@ -46,6 +46,28 @@ async def test_a_notification_id_with_nul_is_404(server, method):
     assert_error(await server.request(method, path, body, as_user="alice"), 404)
 
 
+@pytest.mark.parametrize(
+    ("method", "suffix"),
+    [
+        ("GET", ""),
+        ("POST", ""),
+        ("GET", "/unread-count"),
+        ("POST", "/read-all"),
+        ("GET", "/stream"),
+        ("GET", "/ntf_0123456789abcdef0123"),
+        ("PATCH", "/ntf_0123456789abcdef0123"),
+        ("DELETE", "/ntf_0123456789abcdef0123"),
+    ],
+)
+async def test_a_user_id_with_nul_in_the_path_is_422(server, method, suffix):
+    # Found by tests/test_api_fuzz.py's kind of input: PostgreSQL refused
+    # the parameter and every one of these answered 500 (for an admin).
+    path = "/api/v1/users/" + urllib.parse.quote("al\x00ice") + "/notifications" + suffix
+    body = {"read": True} if method == "PATCH" else {"type": "info", "message": "m"} if method == "POST" and not suffix else None
+    response = await server.request(method, path, body, as_user="root", role="admin")
+    assert_error(response, 422, "validation_error")
+
+
 async def test_a_before_cursor_with_nul_is_400(server):
     query = urllib.parse.urlencode({"before": "ntf_\x00x"})
     assert_error(await server.request("GET", f"/api/v1/users/alice/notifications?{query}", as_user="alice"), 400)
