@@ -359,6 +359,15 @@ def history_bounds(user_id: str) -> tuple[int, int | None]:
     return int(last or 0), (int(oldest) if oldest is not None else None)
 
 
+def stream_start(user_id: str, after: int | None, limit: int) -> tuple[int, int | None, list[tuple[int, str | None, str]] | None]:
+    """What a new stream needs, in one read: :func:`history_bounds`, and
+    with ``after`` the first ``limit`` events after it (else None)."""
+    last, oldest = history_bounds(user_id)
+    if after is None or after >= last:
+        return last, oldest, None if after is None else []
+    return last, oldest, events_after(user_id, after, limit)
+
+
 def prune_events(cutoff_ms: int) -> int:
     """Delete events older than ``cutoff_ms``; :returns: how many.
 
