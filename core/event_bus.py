@@ -167,7 +167,9 @@ class EventBus:
             except Exception as exc:
                 self._log_failure(name, listener.handler, exc)
                 continue
-            if inspect.isawaitable(result):
+            # Most listeners are plain functions: skip the (ABC) awaitable
+            # check for them, it is on the path of every delivery.
+            if result is not None and inspect.isawaitable(result):
                 task = asyncio.ensure_future(result)
                 # Keep a reference so the task is not collected mid-flight.
                 self._tasks.add(task)
