@@ -19,10 +19,12 @@ install: $(STAMP)
 run: install
 	$(BIN)/python server.py --demo --port $(PORT) --db-url sqlite:///notifications.db
 
-## The whole suite, over SQLite and then over PostgreSQL (CI sets CI=true: a
+## The whole suite, over SQLite and over PostgreSQL (CI sets CI=true: a
 ## missing dependency, PostgreSQL included, fails instead of skipping).
-test: test-sqlite
-	$(MAKE) --no-print-directory test-postgres
+## The two passes run side by side (one per core; every test uses its own
+## ports, Redis and schema), each printing its output when it is done.
+test: install
+	$(MAKE) --no-print-directory -j2 --output-sync=target test-sqlite test-postgres
 
 test-sqlite: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

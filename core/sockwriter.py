@@ -112,8 +112,11 @@ class SocketWriter:
         except OSError as exc:
             self.close()
             raise StreamClosedError(real_error=exc) from None
-        if sent == len(data):
-            return
+        if sent != len(data):
+            self._queue_rest(data, sent, bounded)
+
+    def _queue_rest(self, data: bytes, sent: int, bounded: bool) -> None:
+        """Hold what the kernel did not take and send it when it can."""
         rest = memoryview(data)[sent:]
         if bounded and len(rest) > self.max_buffer:
             raise StreamBufferFullError("Reached maximum write buffer size")

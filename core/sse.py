@@ -70,22 +70,16 @@ def chunk(frame: bytes) -> bytes:
 class Frame:
     """One encoded event, shared by every device it goes to.
 
-    The chunk-framed form is built on first use and then reused, so a
-    broadcast to thousands of streams encodes and frames the event once.
+    Both forms are built once, so a broadcast to thousands of streams
+    encodes and frames the event once: ``raw`` for close-delimited
+    (HTTP/1.0) responses, ``chunked`` (one HTTP/1.1 chunk) for the rest.
     """
 
-    __slots__ = ("raw", "_chunked")
+    __slots__ = ("raw", "chunked")
 
     def __init__(self, raw: bytes) -> None:
         self.raw = raw
-        self._chunked: bytes | None = None
-
-    @property
-    def chunked(self) -> bytes:
-        """The frame as an HTTP/1.1 chunk."""
-        if self._chunked is None:
-            self._chunked = chunk(self.raw)
-        return self._chunked
+        self.chunked = chunk(raw)
 
 
 PING = Frame(encode_comment("ping"))
