@@ -113,8 +113,11 @@ def wire(bus: EventBus, broker: Broker, manager: ConnectionManager, service: Not
 def deliver_to(manager: ConnectionManager):
     """The broker's delivery callback: push a message to its user's devices."""
 
+    publish = manager.publish
+
     def deliver(message: StreamMessage) -> None:
-        manager.publish(message.user_id, message.data, event=message.event, cursor=message.cursor, exclude=message.exclude)
+        user_id, cursor, event, data, exclude = message
+        publish(user_id, data, event, cursor, exclude)
 
     return deliver
 
