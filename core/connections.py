@@ -23,7 +23,7 @@ import itertools
 import logging
 import secrets
 import time
-from typing import Any, Callable, Iterable, Protocol
+from typing import Any, Callable, Iterable, Protocol, Sequence
 
 from tornado.ioloop import PeriodicCallback
 from tornado.iostream import StreamBufferFullError, StreamClosedError
@@ -205,11 +205,22 @@ class ConnectionManager:
 
     # -- replay handover -------------------------------------------------
 
-    def send_history(self, device: Device, cursor: int, frame: Frame) -> bool:
-        """Write one replayed event; :returns: False once the device has ended."""
-        if device.ended or cursor <= device.last_cursor:
-            return not device.ended
-        return self._write(device, frame, cursor)
+    def send_history(self, device: Device, events: Sequence[tuple[int, str | None, str]]) -> bool:
+        """Write replayed events ``(cursor, name, data)``, in cursor order.
+
+        Those at or below the device's last cursor are skipped; the rest go
+        out as one write (one chunk, one ``send()``), not one per event: a
+        thousand browsers reconnecting at once each replay several.
+
+        :returns: False once the device has ended.
+        """
+        if device.ended:
+            return False
+        last = device.last_cursor
+        parts = [encode_event(data, event=name, id=cursor) for cursor, name, data in events if cursor > last]
+        if not parts:
+            return True
+        return self._write(device, Frame(b"".join(parts)), events[-1][0])
 
     def send_now(self, device: Device, frame: Frame) -> bool:
         """Write a frame that has no cursor (``reset``) to ``device`` now."""

@@ -363,9 +363,8 @@ class NotificationService:
         while True:
             if rows is None:
                 rows = await self._read(queries.events_after, device.user_id, device.last_cursor, REPLAY_PAGE)
-            for event_cursor, name, data in rows:
-                if not manager.send_history(device, event_cursor, Frame(encode_event(data, event=name, id=event_cursor))):
-                    return
+            if not manager.send_history(device, rows):
+                return
             if len(rows) < REPLAY_PAGE:
                 break
             rows = None
