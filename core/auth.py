@@ -3,6 +3,16 @@
 Everything here ends in a :class:`Principal` or a domain error; nothing
 here knows about HTTP.  Secrets are never logged: error messages name what
 is wrong with a credential, never the credential.
+
+No secret is compared with ``==`` (whose time depends on how many leading
+bytes match, which lets an attacker guess a value byte by byte): an HS256
+signature is checked by PyJWT with ``hmac.compare_digest``, a password's
+scrypt hash here with ``hmac.compare_digest``, and a stream ticket or an
+already verified token is found by its SHA-256 digest, so whatever compares
+bytes compares digests of the guess, which tell nothing about the secret.
+A token's header chooses nothing but the algorithm, and only among the
+configured ones: ``kid``, ``jku``, ``jwk`` and ``x5u`` are ignored, there
+being one key per algorithm.  See docs/SECURITY.md.
 """
 
 from __future__ import annotations
@@ -170,12 +180,15 @@ def verify_password(password: str, stored: str) -> bool:
         scheme, n, r, p, salt, digest = stored.split("$")
         if scheme != "scrypt":
             return False
+        expected = bytes.fromhex(digest)
         candidate = hashlib.scrypt(
             password.encode("utf-8"), salt=bytes.fromhex(salt), dklen=32, n=int(n), r=int(r), p=int(p)
         )
     except (ValueError, TypeError):
         return False
-    return hmac.compare_digest(candidate.hex(), digest)
+    # Bytes, not hex text: compare_digest refuses non-ASCII str, and a
+    # corrupt stored hash must read as "no match", not fail the login.
+    return hmac.compare_digest(candidate, expected)
 
 
 #: Compared against when the user does not exist, so a login takes as long

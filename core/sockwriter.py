@@ -15,6 +15,14 @@ Only what the kernel does not take at once is held here (shared memoryviews
 of the encoded frames, never copies), up to a bound: past it the write
 raises ``StreamBufferFullError`` and the manager drops the stream, as it
 would a slow IOStream.
+
+The kernel's share is bounded too: the socket's send buffer is fixed at the
+same size (``SO_SNDBUF``; Linux doubles it for its bookkeeping).  Left to
+itself the kernel grows it up to ``net.ipv4.tcp_wmem``'s maximum, 4 MiB by
+default, and on loopback (a proxy on the same machine) it does so at once:
+each client that stops reading would then hold megabytes of the server's
+memory before the bound above is even reached.  An event stream needs no
+such buffer; frames are small, and a replay waits for each page to drain.
 """
 
 from __future__ import annotations
@@ -30,6 +38,10 @@ from core.sse import Frame
 
 #: The last chunk of a chunked response: the browser sees a clean end.
 TERMINATOR = b"0\r\n\r\n"
+
+#: The smallest kernel send buffer a stream is given (bytes, before the
+#: kernel doubles it), whatever ``--max-buffer-kb`` says.
+MIN_SEND_BUFFER = 16 * 1024
 
 
 class SocketWriter:
@@ -60,6 +72,12 @@ class SocketWriter:
             # Frames are small and each must leave at once, not wait for
             # the previous one's ACK (Nagle).
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        try:
+            # Denial-of-service guard: a client that stops reading holds at
+            # most this much kernel memory (see the module docstring).
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, max(max_buffer, MIN_SEND_BUFFER))
+        except OSError:
+            pass
         # A client has nothing to send on an event stream: readable means it
         # left (EOF, reset) or is sending what nobody will read.
         self._loop.add_reader(self._fd, self._on_readable)

@@ -9,6 +9,10 @@ The database is a fresh SQLite file per server, or, with
 ``NOTIFY_TEST_DB=postgresql``, a fresh schema per server in the PostgreSQL
 database ``NOTIFY_TEST_PG_URL`` (default the local ``test`` database).
 ``make test`` runs the suite once with each.
+
+Two fixtures apply to every test: the whole run is watched for leaked
+credentials (:mod:`tests.support.leaks`), and a test that made one leak
+fails at its teardown with what leaked and where.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import tornado.netutil
 from core.auth import TokenService
 from core.config import Config
 from server import NotifyApp, make_app, make_http_server
+from tests.support import leaks
 from tests.support.redis_server import RedisServer
 from tests.support.sse import SSEClient, http_json
 
@@ -116,6 +121,33 @@ def _pg_schemas() -> Iterator[Callable[[], str]]:
 def pytest_report_header(config: pytest.Config) -> str:
     """Say which database this run is for (the suite runs once per database)."""
     return f"database under test: {TEST_DB}" + (f" ({PG_URL}, a schema per server)" if TEST_DB == "postgresql" else "")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def leak_scanner() -> Iterator[leaks.LeakScanner]:
+    """Watch the whole run: no token, ticket, password or JWT secret in any log or answer.
+
+    Every credential the run makes or sends is noted, and every log record,
+    error body, ``/metrics``/stats/health body and kept server stderr is
+    scanned as it appears (see :mod:`tests.support.leaks`).  Findings fail
+    the test that caused them (:func:`no_credential_leaked`); any left over
+    (from a module-scoped fixture's teardown) fail the run here.
+    """
+    scanner = leaks.LeakScanner()
+    with leaks.watching(scanner):
+        yield scanner
+    left = scanner.leaks[scanner.reported :]
+    assert not left, leaks.report(left)
+
+
+@pytest.fixture(autouse=True)
+def no_credential_leaked(leak_scanner: leaks.LeakScanner) -> Iterator[None]:
+    """Fail this test if a credential leaked while it ran (set-up and teardown included)."""
+    before = len(leak_scanner.leaks)
+    yield
+    found = leak_scanner.leaks[before:]
+    leak_scanner.reported = len(leak_scanner.leaks)
+    assert not found, leaks.report(found)
 
 
 def need(program: str) -> str:

@@ -102,11 +102,15 @@ def b64url(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
 
 
-def forge(claims: dict[str, Any], alg: str = "HS256", key: bytes = SECRET.encode()) -> str:
+def forge(claims: dict[str, Any], alg: str = "HS256", key: bytes = SECRET.encode(), header: dict[str, Any] | None = None) -> str:
     """A JWT built by hand, so that PyJWT's own guards cannot stop a test
     from making the tokens an attacker would send (``alg: none``, an HMAC
-    keyed with a public key)."""
-    signing_input = b64url(json.dumps({"alg": alg, "typ": "JWT"}).encode()) + "." + b64url(json.dumps(claims).encode())
+    keyed with a public key, a ``kid`` naming another key).
+
+    :param header: more header fields (``kid``...).
+    """
+    fields = {"alg": alg, "typ": "JWT", **(header or {})}
+    signing_input = b64url(json.dumps(fields).encode()) + "." + b64url(json.dumps(claims).encode())
     if alg == "none":
         return signing_input + "."
     digest = {"HS256": hashlib.sha256, "HS512": hashlib.sha512}[alg]
@@ -438,6 +442,14 @@ REFUSED_TOKENS = {
     "wrong-secret": lambda: forge(claims(), key=b"another-secret-" + b"y" * 20),
     "expired": lambda: forge(claims(exp=int(time.time()) - 5)),
     "no-exp": lambda: forge(claims(exp=None)),
+    "exp-not-a-number": lambda: forge(claims(exp="tomorrow")),
+    # kid injection: the header names a "key" (a file that reads empty, an
+    # attacker's key id) and the HMAC is made with what that would yield.
+    "kid-empty-file-key": lambda: forge(claims(), key=b"", header={"kid": "../../../../../../dev/null"}),
+    "kid-of-another-key": lambda: forge(claims(), key=b"attacker-secret-" + b"z" * 20, header={"kid": "attacker-1"}),
+    # Algorithm confusion the other way round: an RS256 token on a server
+    # that only has an HS256 secret.
+    "rs256-on-a-secret-server": lambda: jwt.encode(claims(), new_private_key("RS256"), algorithm="RS256"),
     "no-sub": lambda: forge(claims(sub=None)),
     "empty-sub": lambda: forge(claims(sub="")),
     "unknown-role": lambda: forge(claims(role="superuser")),
@@ -484,6 +496,15 @@ async def test_hand_built_hs256_token_is_accepted(server):
     assert status == 200, raw
 
 
+async def test_kid_header_does_not_choose_the_key(server):
+    """One key per algorithm: a ``kid`` is ignored, so a token signed with the
+    configured secret passes whatever it names (issuers add one routinely),
+    and one signed with anything else fails (``REFUSED_TOKENS`` above)."""
+    token = forge(claims(), header={"kid": "some-issuers-key-2024"})
+    status, _, _, raw = await get_list(server, "alice", {"Authorization": f"Bearer {token}"})
+    assert status == 200, raw
+
+
 async def test_token_without_role_claim_acts_as_user(server):
     token = forge(claims(role=None))
     status, _, _, raw = await get_list(server, "alice", {"Authorization": f"Bearer {token}"})
@@ -518,6 +539,23 @@ async def test_public_key_server_refuses_token_signed_with_another_key(key_serve
 async def test_public_key_server_refuses_hs256_keyed_with_the_public_key(key_server):
     # The classic algorithm confusion: an HMAC whose "secret" is the public PEM.
     token = forge(claims(), alg="HS256", key=key_server.public_pem)
+    status, headers, body, _ = await get_list(key_server, "alice", {"Authorization": f"Bearer {token}"})
+    assert_unauthorized(status, headers, body)
+
+
+@pytest.mark.parametrize("header", ["jwk", "jku", "kid"])
+async def test_public_key_server_ignores_a_key_named_by_the_token(key_server, key_pair, header):
+    """A token that brings its own key (an embedded ``jwk``, a ``jku`` URL, a
+    ``kid``) and is signed with it: the server verifies with its own key only."""
+    algorithm, _ = key_pair
+    attacker = new_private_key(algorithm)
+    family = jwt.algorithms.RSAAlgorithm if algorithm == "RS256" else jwt.algorithms.ECAlgorithm
+    named = {
+        "jwk": json.loads(family.to_jwk(attacker.public_key())),
+        "jku": "http://127.0.0.1:9/attacker-keys.json",
+        "kid": "attacker-1",
+    }[header]
+    token = jwt.encode(claims(), attacker, algorithm=algorithm, headers={header: named})
     status, headers, body, _ = await get_list(key_server, "alice", {"Authorization": f"Bearer {token}"})
     assert_unauthorized(status, headers, body)
 

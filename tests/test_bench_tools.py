@@ -19,12 +19,14 @@ from typing import Any
 import pytest
 
 from bench.loadgen import lag_buckets, lag_window
+from bench.soak import _drift
 from tests.support.redis_server import free_port
 
 pytestmark = pytest.mark.timeout(60)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LOADGEN = os.path.join(ROOT, "bench", "loadgen.py")
+SOAK = os.path.join(ROOT, "bench", "soak.py")
 FLOOR = os.path.join(ROOT, "bench", "floor.py")
 
 
@@ -108,3 +110,34 @@ async def test_floor_delivers_events_to_every_device_of_each_listed_user(tmp_pat
     finally:
         floor.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(floor.wait(), 10) == 0
+
+
+def test_soak_drift_compares_the_last_third_with_the_end_of_warm_up():
+    samples = [{"t": t, "rss_kb": rss} for t, rss in [(0, 500), (10, 900), (20, 1000), (30, 1010), (40, 1030), (50, 1020), (60, 1040)]]
+    drift = _drift(samples, warmup=20, duration=60)
+    assert drift["warmup_rss_kb"] == 1000
+    assert drift["last_third_max_rss_kb"] == 1040, "the largest sample at t >= 40"
+    assert drift["drift_pct"] == pytest.approx(4.0)
+    assert drift["slope_kb_per_min"] == pytest.approx(54.0), "least squares over t >= 20"
+
+
+async def test_soak_churns_streams_and_finds_the_stats_back_at_zero(server, tmp_path):
+    out = tmp_path / "soak.json"
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, SOAK, "--port", str(server.port), "--jwt-secret", server.app.config.jwt_secret,
+        "--streams", "12", "--duration", "3", "--churn", "4", "--rate", "2", "--warmup", "1",
+        "--sample-interval", "1", "--source-ips", "2", "--settle", "0", "--server-pid", str(os.getpid()),
+        # This process runs the tests too: its RSS says nothing about the server.
+        "--max-drift-pct", "1000", "--json", str(out),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )
+    output, _ = await proc.communicate()
+    assert proc.returncode == 0, output.decode("utf-8", "replace")
+    soak = json.loads(out.read_text())["soak"]
+    assert soak["passed"] and soak["failures"] == 0
+    assert soak["closed_by_churn"] == soak["opened_by_churn"] >= 8
+    assert soak["stats_back_to_zero"]
+    assert server.manager.get_stats()["totalDevices"] == 0
+    assert len(soak["samples"]) >= 4 and all(sample["rss_kb"] for sample in soak["samples"])
+    assert soak["drift_pct"] is not None
+    assert soak["publishes_201"] >= 4

@@ -31,6 +31,7 @@ from typing import Any, Iterator, Mapping, Sequence
 import jwt
 import pytest
 
+from tests.support import leaks
 from tests.support.sse import ChunkedDecoder
 
 pytestmark = pytest.mark.timeout(30)
@@ -81,7 +82,12 @@ class Finished:
 
 
 def run(args: Sequence[str], env: Mapping[str, str] | None = None, timeout: float = 15) -> Finished:
-    """Run ``python server.py *args`` to completion (killed after ``timeout``)."""
+    """Run ``python server.py *args`` to completion (killed after ``timeout``).
+
+    Its stderr is scanned for the credentials of the run (stdout is where
+    ``issue-token`` prints its token on purpose).
+    """
+    leaks.note_argv(args, env)
     done = subprocess.run(
         [sys.executable, "server.py", *args],
         cwd=ROOT,
@@ -90,6 +96,7 @@ def run(args: Sequence[str], env: Mapping[str, str] | None = None, timeout: floa
         text=True,
         timeout=timeout,
     )
+    leaks.observe(done.stderr, f"stderr of server.py {args[0] if args else ''}")
     return Finished(done.returncode, done.stdout, done.stderr)
 
 
@@ -146,6 +153,7 @@ def http_request(host: str, port: int, method: str, path: str, body: Any = None,
         raw = response.read()
     finally:
         connection.close()
+    leaks.observe_exchange(method, path, headers, body, response.status, raw)
     try:
         return response.status, json.loads(raw) if raw else None
     except ValueError:
@@ -181,6 +189,7 @@ def serving(tmp_path: Path, args: Sequence[str], host: str = "127.0.0.1", port: 
         port = free_port(host)
         args = [*args, "--port", str(port)]
     log_path = tmp_path / f"server-{port}.log"
+    leaks.note_argv(args, env)
     with open(log_path, "wb") as stderr, open(tmp_path / f"server-{port}.out", "wb") as stdout:
         process = subprocess.Popen(
             [sys.executable, "server.py", *args],
@@ -196,6 +205,7 @@ def serving(tmp_path: Path, args: Sequence[str], host: str = "127.0.0.1", port: 
         if process.poll() is None:
             process.kill()
         process.wait()
+        leaks.observe_file(log_path, f"stderr of the server on port {port}")
 
 
 def secret_server_args(tmp_path: Path, *extra: str) -> list[str]:

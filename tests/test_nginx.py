@@ -22,20 +22,23 @@ import signal
 import socket
 import subprocess
 import time
+import urllib.parse
 from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
 
 from tests.conftest import need
+from tests.support import leaks
 from tests.support.blocking_sse import BlockingStream
 from tests.test_cli import ROOT, SECRET, free_port, serving, token_for
 
 pytestmark = pytest.mark.timeout(60)
 
 CONF = ROOT / "deploy" / "nginx.conf"
-#: The values of deploy/nginx.conf a test replaces with its own ports.
+#: The values of deploy/nginx.conf a test replaces with its own ports (and log).
 BACKEND_A, BACKEND_B, LISTEN = "server 127.0.0.1:8001 ", "server 127.0.0.1:8002 ", "listen 8080;"
+ACCESS_LOG = "access_log /var/log/nginx/notify-access.log notify_no_query;"
 #: Seconds between ": ping" comments on the backends (short, to see them pass).
 KEEPALIVE = 0.3
 #: How long a proxied event may take: far below any buffer-flush timeout,
@@ -55,6 +58,7 @@ def nginx_config(tmp_path: Path, listen: int, backend_a: int, backend_b: int) ->
         (BACKEND_A, f"server 127.0.0.1:{backend_a} "),
         (BACKEND_B, f"server 127.0.0.1:{backend_b} "),
         (LISTEN, f"listen 127.0.0.1:{listen};"),
+        (ACCESS_LOG, f"access_log {tmp_path / 'notify-access.log'} notify_no_query;"),
     )
     for old, new in replacements:
         # Exactly once: a changed deploy/nginx.conf must not silently keep
@@ -114,6 +118,9 @@ def running_nginx(tmp_path: Path, listen: int, backend_a: int, backend_b: int) -
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+        # nginx's logs are logs of the service too: no credential in them.
+        for log in (prefix / "notify-access.log", error_log):
+            leaks.observe_file(log, f"nginx {log.name}")
 
 
 class Proxied:
@@ -252,3 +259,27 @@ def test_a_stopping_backend_ends_its_streams_cleanly_and_the_reconnect_resumes_o
         event = resumed.next_event(timeout=PROMPTLY)
         assert event.json() == missed
         assert int(event.id) > int(seen.id)
+
+
+# -- credentials in URLs -------------------------------------------------------------------
+
+
+def test_nginx_access_log_has_the_stream_path_without_query_credentials(proxied, tmp_path):
+    token = token_for("alice")
+    path = "/api/v1/users/alice/notifications/stream?" + urllib.parse.urlencode({"token": token})
+    with BlockingStream(proxied.host, proxied.port, path) as stream:
+        assert stream.status == 200, stream.raw_body
+        stream.ready(timeout=PROMPTLY)
+    refused = "/api/v1/users/alice/notifications/stream?" + urllib.parse.urlencode({"ticket": "not-a-real-ticket-0123456789"})
+    status, _, _ = proxied.request("GET", refused)
+    assert status == 401
+    log = tmp_path / "nginx" / "notify-access.log"
+    # nginx writes a request's line when it ends; the stream ended above.
+    deadline = time.monotonic() + PROMPTLY
+    while log.read_text().count("/notifications/stream") < 2:
+        assert time.monotonic() < deadline, log.read_text()
+        time.sleep(0.02)
+    text = log.read_text()
+    assert '"GET /api/v1/users/alice/notifications/stream HTTP/1.1" 200' in text, text
+    assert '"GET /api/v1/users/alice/notifications/stream HTTP/1.1" 401' in text, text
+    assert token.rsplit(".", 1)[1] not in text and "not-a-real-ticket" not in text and "?" not in text, text

@@ -24,6 +24,7 @@ from typing import Iterator
 
 import pytest
 
+from tests.support import leaks
 from tests.support.blocking_sse import BlockingStream
 from tests.support.redis_server import RedisServer
 from tests.test_cli import ROOT, SECRET, assert_clean_failure, clean_env, free_port, http_request, run, token_for
@@ -122,6 +123,7 @@ def cluster(tmp_path: Path, redis: RedisServer, db_url: str, *extra: str) -> Ite
         sys.executable, "server.py", "--processes", "2", "--port", str(port), "--jwt-secret", SECRET,
         "--redis-url", redis.url, "--db-url", db_url, *extra,
     ]
+    leaks.note_argv(args)
     with open(log_path, "wb") as stderr:
         process = subprocess.Popen(args, cwd=ROOT, env=clean_env(), stdout=subprocess.DEVNULL, stderr=stderr)
     seen: set[int] = set()
@@ -151,6 +153,7 @@ def cluster(tmp_path: Path, redis: RedisServer, db_url: str, *extra: str) -> Ite
         for pid in seen:
             if alive(pid):
                 os.kill(pid, signal.SIGKILL)
+        leaks.observe_file(log_path, f"stderr of server.py --processes 2 on port {port}")
 
 
 # -- refusing to start ------------------------------------------------------------------

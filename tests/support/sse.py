@@ -25,6 +25,8 @@ from typing import Any, Callable, Deque, Generic, Mapping, TypeVar
 
 from tornado.httputil import HTTPHeaders, HTTPInputError, parse_response_start_line
 
+from tests.support import leaks
+
 __all__ = [
     "ChunkedDecoder",
     "Event",
@@ -558,6 +560,7 @@ class SSEClient:
         else:
             await _close_writer(writer)
             client._finish(f"the response was HTTP {status}, not a stream")
+        leaks.observe_exchange("GET", path, request_headers, None, status, client.body_bytes if status != 200 else b"")
         return client
 
     # -- reading ------------------------------------------------------------
@@ -755,6 +758,7 @@ async def http_json(
             await _close_writer(writer)
     if not complete:
         raise ConnectionError(f"response body cut short after {len(raw)} bytes: {raw!r}")
+    leaks.observe_exchange(method, path, request_headers, body, status, raw)
     parsed = None
     if raw.strip():
         with contextlib.suppress(ValueError):
