@@ -108,7 +108,9 @@ class ConnectionManager:
         self._clock = clock
         self._users: dict[str, dict[str, Device]] = {}
         self._devices: dict[str, Device] = {}
-        self._expiries: list[tuple[float, int, Device]] = []
+        #: ``(expires_at, tie, device id)``: by id, so that an ended device
+        #: is not kept alive here until its time comes.
+        self._expiries: list[tuple[float, int, str]] = []
         self._tie = itertools.count()
         self._keepalive: PeriodicCallback | None = None
         self._expiry_timer: asyncio.TimerHandle | None = None
@@ -179,7 +181,7 @@ class ConnectionManager:
         self._devices[device.id] = device
         self.connections_opened += 1
         if expires_at is not None:
-            heapq.heappush(self._expiries, (expires_at, next(self._tie), device))
+            heapq.heappush(self._expiries, (expires_at, next(self._tie), device.id))
             self._arm_expiry()
         return device
 
@@ -434,7 +436,7 @@ class ConnectionManager:
         # Ended devices stay in the expiry heap until their time comes; keep
         # a churn of short connections from growing it without bound.
         if len(self._expiries) > 2 * len(self._devices) + 1024:
-            self._expiries = [entry for entry in self._expiries if not entry[2].ended]
+            self._expiries = [entry for entry in self._expiries if entry[2] in self._devices]
             heapq.heapify(self._expiries)
 
     def _arm_expiry(self) -> None:
@@ -457,13 +459,14 @@ class ConnectionManager:
         self._expiry_timer = None
         now = self._clock()
         while self._expiries and self._expiries[0][0] <= now:
-            _, _, device = heapq.heappop(self._expiries)
-            if device.ended:
+            _, _, device_id = heapq.heappop(self._expiries)
+            device = self._devices.get(device_id)
+            if device is None:
                 continue
             if device.writer is not None:
                 self._write(device, TOKEN_EXPIRED, None)
             self._end(device, EXPIRED)
         # Forget ended devices at the head so the heap does not hold them.
-        while self._expiries and self._expiries[0][2].ended:
+        while self._expiries and self._expiries[0][2] not in self._devices:
             heapq.heappop(self._expiries)
         self._arm_expiry()

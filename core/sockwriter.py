@@ -53,9 +53,9 @@ class SocketWriter:
     """
 
     __slots__ = ("_sock", "_fd", "_loop", "chunked", "max_buffer", "_on_close", "_pending", "_pending_size",
-                 "_waiters", "_closing")
+                 "_waiters", "_closing", "__weakref__")
 
-    def __init__(self, sock: socket.socket, chunked: bool, max_buffer: int, on_close: Callable[[], Any]) -> None:
+    def __init__(self, sock: socket.socket, chunked: bool, max_buffer: int, on_close: Callable[[], Any] | None) -> None:
         self._sock: socket.socket | None = sock
         self._fd = sock.fileno()
         self._loop = asyncio.get_running_loop()
@@ -221,7 +221,14 @@ class SocketWriter:
             self._pending = None
         sock.close()
         self._wake(StreamClosedError() if not self._closing else None)
-        self._on_close()
+        # The callback (the manager's unsubscribe of this device) refers to
+        # the device, which refers to this writer: a reference cycle.  The
+        # server freezes long-lived objects out of the garbage collector's
+        # sight (server.tune_gc), so a cycle left here would never be
+        # collected: break it, and reference counting frees the stream.
+        on_close, self._on_close = self._on_close, None
+        if on_close is not None:
+            on_close()
 
     def closed(self) -> bool:
         """Whether the connection is closed."""

@@ -14,9 +14,11 @@ client that went away.
 from __future__ import annotations
 
 import asyncio
+import gc
 import socket
 import struct
 import urllib.parse
+import weakref
 
 import pytest
 
@@ -343,3 +345,19 @@ async def test_stream_cut_by_a_reset_is_forgotten(server):
     await wait_until(lambda: open_devices(server) == 0)
     created = await server.notify("alice", "nobody is listening")
     assert created["userId"] == "alice"
+
+
+async def test_a_closed_stream_is_freed_although_frozen_out_of_the_collector(server):
+    client = await server.live_stream("alice")
+    (device,) = server.manager.devices_of("alice")
+    writer = weakref.ref(device.writer)
+    del device
+    # The server freezes long-lived objects (server.tune_gc): from then on
+    # only reference counting can free them, so no cycle may remain.
+    gc.freeze()
+    try:
+        client.close()
+        await wait_until(lambda: open_devices(server) == 0)
+        await wait_until(lambda: writer() is None)
+    finally:
+        gc.unfreeze()
