@@ -325,31 +325,47 @@ def make_http_server(app: NotifyApp) -> tornado.httpserver.HTTPServer:
     )
 
 
-def tune_gc(manager: ConnectionManager) -> PeriodicCallback:
+#: Seconds between full collections that look at frozen objects too.
+GC_SWEEP_INTERVAL = 60.0
+
+
+def tune_gc(manager: ConnectionManager, sweep_interval: float = GC_SWEEP_INTERVAL) -> PeriodicCallback:
     """Keep garbage collection from pausing thousands of streams.
 
-    Each open stream holds about 66 objects the collector tracks; with
-    18,000 streams a full collection walks a million objects and stalls
-    every stream for hundreds of milliseconds (TORNADO-FACTS, GC).  Objects
-    alive after start-up, and the objects of streams that stay open, are
-    not garbage: ``gc.freeze()`` moves them out of the collector's sight.
-    It runs once at start-up and then once a second while new streams are
-    arriving.  The thresholds stay at Python's defaults: a young generation
-    of 50,000 objects (as some tunings use) takes about 7 ms to collect,
-    which showed in the p99 latency; 700 takes a fraction of a millisecond.
+    With 18,000 streams a full collection over every stream's objects
+    stalls every stream (TORNADO-FACTS, GC).  Objects alive after start-up,
+    and the objects of streams that stay open, are not garbage:
+    ``gc.freeze()`` moves them out of the collector's sight.  It runs once
+    at start-up and then once a second while new streams are arriving,
+    each time after a collection of what is not frozen yet (objects of the
+    last second, so it stays short): garbage not yet collected would be
+    frozen too.  The thresholds stay at Python's defaults: a young
+    generation of 50,000 objects (as some tunings use) takes about 7 ms to
+    collect, which showed in the p99 latency.
+
+    Frozen objects are never collected, so a reference cycle among objects
+    that were alive at a freeze (a request in flight at that moment) and
+    died since would stay for good: the soak showed memory creeping up
+    under connection churn.  So every ``sweep_interval`` seconds everything
+    is unfrozen, collected once in full, and frozen again: one pause a
+    minute (tens of milliseconds at 18,000 streams, the stream objects
+    themselves hold no cycles) instead of a leak.
     """
     gc.collect()
     gc.freeze()
     last = [manager.connections_opened]
+    loop = IOLoop.current()
+    next_sweep = [loop.time() + sweep_interval]
 
     def freeze_new_streams() -> None:
-        if manager.connections_opened != last[0]:
+        now = loop.time()
+        if now >= next_sweep[0]:
+            next_sweep[0] = now + sweep_interval
+            gc.unfreeze()
+            gc.collect()
+            gc.freeze()
+        elif manager.connections_opened != last[0]:
             last[0] = manager.connections_opened
-            # Garbage not yet collected would be frozen too, and frozen
-            # objects are never collected: the reference cycles of finished
-            # requests leaked that way (about 5 KB per stream opened).  The
-            # collection only walks what is not frozen yet, objects of the
-            # last second, so it stays short.
             gc.collect()
             gc.freeze()
 
