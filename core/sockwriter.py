@@ -44,6 +44,10 @@ TERMINATOR = b"0\r\n\r\n"
 MIN_SEND_BUFFER = 16 * 1024
 
 
+def _nothing() -> None:
+    """The close callback of a writer already closed."""
+
+
 class SocketWriter:
     """Writes a detached event stream's frames straight to its socket.
 
@@ -221,7 +225,13 @@ class SocketWriter:
             self._pending = None
         sock.close()
         self._wake(StreamClosedError() if not self._closing else None)
-        self._on_close()
+        # Let go of the callback: it holds the device, which holds this
+        # writer.  The server freezes live objects for the collector
+        # (server.tune_gc), so a cycle formed while the stream was open
+        # would never be collected; without it, reference counting frees
+        # both once the manager forgets the device.
+        on_close, self._on_close = self._on_close, _nothing
+        on_close()
 
     def closed(self) -> bool:
         """Whether the connection is closed."""
