@@ -62,6 +62,37 @@ class StreamStart:
     first_page: list | None = None
 
 
+#: Bytes a replayed event adds to its data: the ``id:``, ``event:`` and
+#: ``data:`` prefixes, line ends, and its share of the chunk framing.
+_EVENT_OVERHEAD = 128
+
+
+def _within(rows: list, budget: int) -> list[list]:
+    """``rows`` (``(cursor, name, data)``) cut into runs of at most ``budget`` encoded bytes.
+
+    Every run holds at least one row, however large; ``budget`` 0 or less
+    keeps the rows together.
+    """
+    if budget <= 0 or sum(len(row[2] or "") for row in rows) * 4 + (_EVENT_OVERHEAD + 64) * len(rows) <= budget:
+        # Certainly within (UTF-8 takes at most 4 bytes a character, a name
+        # at most 64): no need to measure (the usual page of small events).
+        return [rows] if rows else []
+    pieces: list[list] = []
+    piece: list = []
+    size = 0
+    for row in rows:
+        data = row[2]
+        cost = _EVENT_OVERHEAD + len(row[1] or "") + (len(data.encode("utf-8")) if data else 0)
+        if piece and size + cost > budget:
+            pieces.append(piece)
+            piece, size = [], 0
+        piece.append(row)
+        size += cost
+    if piece:
+        pieces.append(piece)
+    return pieces
+
+
 def notification_json(row: Any) -> dict[str, Any]:
     """A stored notification in the contract's camelCase shape."""
     return {
@@ -363,19 +394,34 @@ class NotificationService:
         while True:
             if rows is None:
                 rows = await self._read(queries.events_after, device.user_id, device.last_cursor, REPLAY_PAGE)
-            if not manager.send_history(device, rows):
-                return
+            # A page of large events can be megabytes: it goes out in writes
+            # no larger than the slow-reader bound, each after the one
+            # before has left user space, so that a client reading as fast
+            # as it can is never taken for a slow one.
+            pieces = _within(rows, device.writer.max_buffer if device.writer is not None else 0)
+            for index, piece in enumerate(pieces):
+                if index and not await self._drained(manager, device):
+                    return
+                if not manager.send_history(device, piece):
+                    return
             if len(rows) < REPLAY_PAGE:
                 break
             rows = None
             # Let this page leave user space before reading the next, so a
             # long history never trips the slow-reader bound.
-            try:
-                await device.writer.drain()
-            except Exception:
-                manager.unsubscribe(device)
+            if not await self._drained(manager, device):
                 return
         manager.go_live(device)
+
+    @staticmethod
+    async def _drained(manager: ConnectionManager, device: Device) -> bool:
+        """Wait until what was written to ``device`` has left user space; False if it closed."""
+        try:
+            await device.writer.drain()
+        except Exception:
+            manager.unsubscribe(device)
+            return False
+        return True
 
     # -- accounts, tokens, tickets --------------------------------------------
 

@@ -186,6 +186,24 @@ async def test_replay_longer_than_one_page_arrives_complete_and_in_order(server)
     resumed.close()
 
 
+async def test_replay_of_more_history_than_the_slow_reader_bound_arrives_whole(make_server):
+    # 100 events of about 4 KiB: 400 KiB of history against a 16 KiB bound
+    # (and a kernel send buffer of the same size): a client that reads is
+    # not a slow reader, however much it has to catch up on.
+    server = await make_server(max_buffer_kb=16)
+    blob = "\u00e9" * 2000  # two UTF-8 bytes each
+    for i in range(100):
+        await publish_event(server, "big", ["alice"], {"i": i, "blob": blob})
+    resumed = await resume(server, "alice", 0)
+    replayed = await resumed.events(100, timeout=20)
+    assert [event.json()["i"] for event in replayed] == list(range(100))
+    assert_strictly_increasing([cursor_of(event) for event in replayed])
+    assert server.manager.connections_dropped == 0
+    live = await server.notify("alice", "live")
+    assert (await resumed.next_event()).json() == live
+    resumed.close()
+
+
 # -- history that no longer reaches -----------------------------------------------
 
 
