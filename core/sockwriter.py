@@ -92,6 +92,12 @@ class SocketWriter:
         :returns: the writer, or None if the connection is already gone or
             the client sent more than its request (``on_close`` has run).
         """
+        if isinstance(stream, socket.socket):
+            # core.http1's connection hands over the socket itself.
+            if stream.fileno() < 0:
+                on_close()
+                return None
+            return cls(stream, chunked, max_buffer, on_close)
         sock = stream.socket
         if stream.closed() or sock is None or stream._write_buffer or stream._read_buffer_size:
             # Closed, or unsent bytes still in the IOStream (the handler

@@ -12,7 +12,6 @@ import json
 import logging
 import math
 import re
-import socket
 import time
 from http import HTTPStatus
 from typing import Any
@@ -21,7 +20,6 @@ import tornado.gen
 import tornado.iostream
 import tornado.web
 from tornado import httputil
-from tornado.ioloop import IOLoop
 
 from core.auth import Principal, TokenService
 from core.broker import Broker
@@ -42,6 +40,7 @@ from core.service import NotificationService
 from core.validation import Encoded, parse_json_body
 
 log = logging.getLogger("notify.http")
+access_log = logging.getLogger("notify.access")
 
 #: Codes for errors Tornado raises itself (unknown method, malformed request).
 _HTTP_CODES = {
@@ -73,6 +72,109 @@ def http_date() -> str:
     return _date_cache[1]
 
 
+def json_headers() -> dict[str, str]:
+    """The headers every JSON answer starts with: JSON, not cached, not sniffed."""
+    return {
+        "Content-Type": "application/json; charset=utf-8",
+        "Date": http_date(),
+        "Cache-Control": "no-store",
+        "X-Content-Type-Options": "nosniff",
+    }
+
+
+def error_answer(error: BaseException | None, status_code: int, method: str | None) -> tuple[int, dict[str, str], str]:
+    """The contract's answer to an error: status, extra headers, JSON text.
+
+    :param error: what was raised (a domain error, Tornado's HTTPError, or
+        anything else, which is a 500), or None.
+    :param status_code: the status Tornado chose, used when ``error`` is
+        not one of ours.
+    :param method: the request's method (named in a 405's message).
+    """
+    headers: dict[str, str] = {}
+    if isinstance(error, DomainError):
+        status = error.status
+        headers.update(error.headers)
+        code, message = error.code, error.message
+        if status == 401 and "WWW-Authenticate" not in error.headers:
+            # RFC 9110: every 401 names the scheme that would work.
+            headers["WWW-Authenticate"] = 'Bearer realm="notifications"'
+    elif isinstance(error, tornado.web.HTTPError) and error.status_code < 500:
+        status = error.status_code
+        code = _HTTP_CODES.get(status, "error")
+        message = error.log_message % error.args if error.log_message and error.args else (
+            error.log_message or HTTPStatus(status).phrase
+        )
+        if status == 405:
+            message = f"{method} is not allowed here"
+    elif status_code < 500:
+        status = status_code
+        code = _HTTP_CODES.get(status, "error")
+        message = HTTPStatus(status).phrase
+    else:
+        status = status_code
+        code, message = "internal_error", "the server failed to handle this request"
+    return status, headers, json.dumps({"error": {"code": code, "message": message}}, separators=(",", ":"))
+
+
+def log_failure(method: str | None, path: str, exc_info: Any) -> None:
+    """Log what went wrong serving a request, if it is worth a line.
+
+    Domain errors under 500 are answers, not failures: nothing.  A domain
+    503 is a warning without a traceback; anything else an error with one.
+    Only the method and path are named: Tornado's own version logs the
+    whole request, query string and headers included, which would put
+    ``?token=`` and cookies in the log.
+    """
+    value = exc_info[1]
+    if isinstance(value, (DomainError, tornado.web.HTTPError)) and getattr(value, "status_code", 400) < 500:
+        return
+    if isinstance(value, DomainError):
+        log.warning("%s %s -> %s: %s", method, path, value.status, value.code)
+        return
+    log.error("uncaught exception in %s %s", method, path, exc_info=exc_info)
+
+
+def log_access(status: int, method: str | None, path: str, seconds: float) -> None:
+    """Access log: status, method, path without the query string, time.
+
+    The query string is left out because ``?token=`` and ``?ticket=`` carry
+    credentials.
+    """
+    # 503 is an answer (a dependency is down, /health says so), not a bug.
+    level = logging.INFO if status < 400 else logging.WARNING if status < 500 or status == 503 else logging.ERROR
+    access_log.log(level, "%d %s %s %.1fms", status, method, path, 1000.0 * seconds)
+
+
+def bearer_token(header: str) -> str:
+    """The token of an ``Authorization: Bearer <token>`` header value.
+
+    :raises AuthError: a header of another form.
+    """
+    scheme, _, token = header.strip().partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise AuthError("expected 'Authorization: Bearer <token>'", code="invalid_authorization")
+    return token.strip()
+
+
+def spend_publish(limiter: RateLimiter | None, principal: Principal) -> None:
+    """Spend one of the caller's publishes (``--publish-rate``, per token subject).
+
+    :param limiter: the publish limiter, None when publishing is not limited.
+    :raises TooManyRequests: the caller's bucket is empty; ``Retry-After``
+        says in how many whole seconds (at least 1) to try again.
+    """
+    if limiter is None:
+        return
+    wait = limiter.take(principal.user_id)
+    if wait > 0:
+        raise TooManyRequests(
+            "too many publishes; slow down and retry after the Retry-After seconds",
+            code="rate_limited",
+            headers={"Retry-After": str(max(1, math.ceil(wait)))},
+        )
+
+
 @dataclasses.dataclass
 class Deps:
     """What every handler may use, built once by ``server.make_app``."""
@@ -102,25 +204,19 @@ class InFlight:
 
 
 #: The connection's own body limit, lifted: :class:`LimitedRequestHandler`
-#: counts the body itself.  Tornado refuses a body over its limit with a
-#: bare ``400`` and a closed connection, and, when the handler has already
-#: answered, writes that 400 after the answer.
+#: counts the body itself and answers 413 (the connection layer would
+#: refuse a body over its limit with a 400 and a close).
 NO_CONNECTION_LIMIT = 1 << 62
 
 _DIGITS = re.compile(r"[0-9]{1,19}\Z")
-
-#: A request refused before its body was read is drained for at most this
-#: long, and this much, before its connection is closed (see linger_close).
-LINGER_SECONDS = 5.0
-LINGER_BYTES = 64 * 1024 * 1024
-
 
 def declared_length(headers: Any) -> int | None:
     """The body size a well-formed ``Content-Length`` announces, else None.
 
     Repeated equal values (``5, 5``: some proxies do that) count once, as
-    Tornado reads them.  A malformed value is None here: Tornado refuses
-    that message itself (a bare 400; see README, Limits).
+    Tornado reads them.  A malformed value is None here: the connection
+    layer refuses that message itself (a JSON 400 and a close; see README,
+    Limits).
     """
     raw = headers.get("Content-Length")
     if raw is None:
@@ -132,44 +228,10 @@ def declared_length(headers: Any) -> int | None:
     return int(value) if _DIGITS.match(value) else None
 
 
-async def linger_close(answered: tornado.iostream.IOStream, sock: socket.socket, seconds: float = LINGER_SECONDS, max_bytes: int = LINGER_BYTES) -> None:
-    """Close a connection whose request body was never read, without losing the answer.
-
-    Closing a socket with unread input makes the kernel reset the
-    connection, and a client still busy sending its body then loses the
-    answer it has not read yet: it sees "connection reset" instead of the
-    413.  Tornado closes exactly so when a handler answers before reading
-    the body.  So, as web servers do (a "lingering close"): ``sock`` is a
-    duplicate of the connection's socket, taken before Tornado closed its
-    own; once the answer is written, send FIN, read and discard what the
-    client still sends for a bounded time and amount, and only then close.
-
-    :param answered: Tornado's stream, which writes the answer and closes.
-    :param sock: the duplicate, which keeps the connection open meanwhile.
-    """
-    stream: tornado.iostream.IOStream | None = None
-    try:
-        if not answered.closed():
-            # Resolves once the answer is in the kernel (or fails if the
-            # connection died); Tornado closes its stream right then.
-            await answered.write(b"")
-        answered.close()
-        sock.shutdown(socket.SHUT_WR)
-        stream = tornado.iostream.IOStream(sock)
-        deadline = IOLoop.current().time() + seconds
-        drained = 0
-        while drained < max_bytes:
-            chunk = await tornado.gen.with_timeout(
-                deadline, stream.read_bytes(64 * 1024, partial=True), quiet_exceptions=tornado.iostream.StreamClosedError
-            )
-            drained += len(chunk)
-    except (tornado.iostream.StreamClosedError, tornado.gen.TimeoutError, OSError):
-        pass
-    finally:
-        if stream is not None:
-            stream.close()
-        else:
-            sock.close()
+def header_block_size(method: str | None, uri: str | None, version: str, headers: Any) -> int:
+    """A request line plus header block's size as sent, near enough ("name: value\\r\\n" per header)."""
+    size = len(method or "") + len(uri or "") + len(version) + 4
+    return size + sum(len(name) + len(value) + 4 for name, value in headers.get_all())
 
 
 @tornado.web.stream_request_body
@@ -181,8 +243,9 @@ class LimitedRequestHandler(tornado.web.RequestHandler):
     before a byte of the body is read, a chunked body as soon as it passes
     the limit, and in both cases the client gets the JSON 413 however big
     the body is, while the server never holds more than the limit.  The
-    connection is then closed, after a lingering drain (:func:`linger_close`)
-    so that a client still sending does get the answer.
+    connection is then closed, after a lingering drain (see
+    :meth:`core.http1.Connection.finish`) so that a client still sending
+    does get the answer.
     """
 
     max_header_bytes = 32 * 1024
@@ -207,9 +270,7 @@ class LimitedRequestHandler(tornado.web.RequestHandler):
         set_max_body_size = getattr(request.connection, "set_max_body_size", None)
         if set_max_body_size is not None:
             set_max_body_size(NO_CONNECTION_LIMIT)
-        # The size as sent, near enough: "name: value\r\n" per header.
-        size = len(request.method or "") + len(request.uri or "") + len(request.version) + 4
-        size += sum(len(name) + len(value) + 4 for name, value in request.headers.get_all())
+        size = header_block_size(request.method, request.uri, request.version, request.headers)
         # The answer comes before the body is read; Tornado then closes the
         # connection rather than read the body: say so.
         close = {"Connection": "close"}
@@ -232,34 +293,6 @@ class LimitedRequestHandler(tornado.web.RequestHandler):
             self.send_error(error.status, exc_info=(type(error), error, None))
             return
         self._chunks.append(chunk)
-
-    def finish(self, chunk: Any = None) -> Any:
-        """Finish the response; linger if the request body is still unread (see :func:`linger_close`)."""
-        duplicate = None
-        stream = getattr(self.request.connection, "stream", None)
-        if self._body_unread() and stream is not None and not stream.closed():
-            # Taken now: Tornado may close its socket within finish().
-            try:
-                duplicate = stream.socket.dup()
-            except OSError:
-                duplicate = None
-        result = super().finish(chunk)
-        if duplicate is not None:
-            IOLoop.current().add_callback(linger_close, stream, duplicate)
-        return result
-
-    def _body_unread(self) -> bool:
-        """Whether a request body is still (partly) unread.
-
-        In streaming mode Tornado resolves ``request._body_future`` once
-        the whole body has been received; before that, a finished answer
-        makes it close the connection with the rest of the body unread.
-        """
-        received = getattr(self.request, "_body_future", None)
-        if received is None or received.done():
-            return False
-        headers = self.request.headers
-        return bool(declared_length(headers)) or "chunked" in headers.get("Transfer-Encoding", "").lower()
 
     def request_body(self) -> bytes:
         """The whole request body (``self.request.body`` stays empty when streaming)."""
@@ -303,14 +336,7 @@ class BaseHandler(LimitedRequestHandler):
         formatted once a second.  No ``Server`` header: the version of what
         runs here is nobody's business.
         """
-        self._headers = httputil.HTTPHeaders(
-            {
-                "Content-Type": "application/json; charset=utf-8",
-                "Date": http_date(),
-                "Cache-Control": "no-store",
-                "X-Content-Type-Options": "nosniff",
-            }
-        )
+        self._headers = httputil.HTTPHeaders(json_headers())
         self.set_default_headers()
         self._write_buffer = []
         self._status_code = 200
@@ -367,21 +393,8 @@ class BaseHandler(LimitedRequestHandler):
         self.finish()
 
     def check_publish_rate(self, principal: Principal) -> None:
-        """Spend one of the caller's publishes (``--publish-rate``, per token subject).
-
-        :raises TooManyRequests: the caller's bucket is empty; ``Retry-After``
-            says in how many whole seconds (at least 1) to try again.
-        """
-        limiter = self.deps.publish_limiter
-        if limiter is None:
-            return
-        wait = limiter.take(principal.user_id)
-        if wait > 0:
-            raise TooManyRequests(
-                "too many publishes; slow down and retry after the Retry-After seconds",
-                code="rate_limited",
-                headers={"Retry-After": str(max(1, math.ceil(wait)))},
-            )
+        """Spend one of the caller's publishes (see :func:`spend_publish`)."""
+        spend_publish(self.deps.publish_limiter, principal)
 
     # -- output ---------------------------------------------------------------
 
@@ -394,40 +407,17 @@ class BaseHandler(LimitedRequestHandler):
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         """Map a domain error (or Tornado's own) to the contract's error body."""
         error = kwargs.get("exc_info", (None, None, None))[1]
-        if isinstance(error, DomainError):
-            self.set_status(error.status)
-            for name, value in error.headers.items():
-                self.set_header(name, value)
-            code, message = error.code, error.message
-            if error.status == 401 and "WWW-Authenticate" not in error.headers:
-                # RFC 9110: every 401 names the scheme that would work.
-                self.set_header("WWW-Authenticate", 'Bearer realm="notifications"')
-        elif isinstance(error, tornado.web.HTTPError) and error.status_code < 500:
-            code = _HTTP_CODES.get(error.status_code, "error")
-            message = error.log_message % error.args if error.log_message and error.args else (
-                error.log_message or HTTPStatus(error.status_code).phrase
-            )
-            if error.status_code == 405:
-                message = f"{self.request.method} is not allowed here"
-        elif status_code < 500:
-            code = _HTTP_CODES.get(status_code, "error")
-            message = HTTPStatus(status_code).phrase
-        else:
-            code, message = "internal_error", "the server failed to handle this request"
+        status, headers, body = error_answer(error, status_code, self.request.method)
+        self.set_status(status)
+        for name, value in headers.items():
+            self.set_header(name, value)
         self.set_header("Content-Type", "application/json; charset=utf-8")
         self.set_header("Cache-Control", "no-store")
-        self.finish(json.dumps({"error": {"code": code, "message": message}}, separators=(",", ":")))
+        self.finish(body)
 
     def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
-        """Domain errors are answers, not failures: no traceback for them."""
-        if isinstance(value, (DomainError, tornado.web.HTTPError)) and getattr(value, "status_code", 400) < 500:
-            return
-        if isinstance(value, DomainError):
-            log.warning("%s %s -> %s: %s", self.request.method, self.request.path, value.status, value.code)
-            return
-        # Tornado's own version logs the whole request, query string and
-        # headers included: that would put ?token= and cookies in the log.
-        log.error("uncaught exception in %s %s", self.request.method, self.request.path, exc_info=(typ, value, tb))
+        """Domain errors are answers, not failures (see :func:`log_failure`)."""
+        log_failure(self.request.method, self.request.path, (typ, value, tb))
 
     # -- input ----------------------------------------------------------------
 
@@ -451,12 +441,7 @@ class BaseHandler(LimitedRequestHandler):
         :raises AuthError: an Authorization header of another form.
         """
         header = self.request.headers.get("Authorization")
-        if header is None:
-            return None
-        scheme, _, token = header.strip().partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
-            raise _unauthorized("expected 'Authorization: Bearer <token>'", "invalid_authorization")
-        return token.strip()
+        return None if header is None else bearer_token(header)
 
     async def authenticate(self, allow_query: bool = False) -> Principal:
         """The caller, from the first credential present.
@@ -483,10 +468,6 @@ class BaseHandler(LimitedRequestHandler):
         except AuthError as error:
             error.headers.setdefault("WWW-Authenticate", 'Bearer realm="notifications"')
             raise
-
-
-def _unauthorized(message: str, code: str) -> AuthError:
-    return AuthError(message, code=code)
 
 
 class NotFoundHandler(BaseHandler):

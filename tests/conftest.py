@@ -26,11 +26,11 @@ import urllib.parse
 from typing import Any, Callable, Iterator
 
 import pytest
-import tornado.httpserver
 import tornado.netutil
 
 from core.auth import TokenService
 from core.config import Config
+from core.http1 import HTTP1Server
 from server import NotifyApp, make_app, make_http_server
 from tests.support import leaks
 from tests.support.redis_server import RedisServer
@@ -272,7 +272,7 @@ def make_server(io_loop, new_db_url) -> Callable[..., Server]:
     Each server gets its own fresh database (see :func:`new_db_url`) unless
     ``db_url`` is given.
     """
-    started: list[tuple[NotifyApp, tornado.httpserver.HTTPServer]] = []
+    started: list[tuple[NotifyApp, HTTP1Server]] = []
 
     def build(settings: dict[str, Any]) -> NotifyApp:
         values = {

@@ -6,7 +6,8 @@ Each case says what the client gets (README, "Limits"):
   ``Content-Length`` (refused before the body is read), behind
   ``Expect: 100-continue``, or chunked (refused once it passes the limit);
 - a request line plus headers over ``--max-header-kb``: JSON 431; past
-  Tornado's own header buffer, the connection is closed without an answer;
+  the header buffer (twice that, at least 64 KiB), the connection is closed
+  without an answer;
 - invalid UTF-8 or JSON: 400; a body that is not ``application/json``: 415;
   unknown body fields: ignored;
 - a path out of ``static/``, however encoded: JSON 404.
@@ -163,12 +164,15 @@ async def test_refused_bodies_leave_no_request_counted_in_flight(server):
     await wait_until(lambda: server.app.deps.inflight.count == 0)
 
 
-async def test_malformed_content_length_gets_tornados_bare_400_and_a_close(server):
-    # Not a request the API can answer: Tornado refuses the message itself.
+async def test_malformed_content_length_gets_a_json_400_and_a_close(server):
+    # Not a request the API can answer: the connection layer refuses the
+    # message itself, with the contract's error body, and closes.
     raw = await Raw.open(server)
     await raw.send(post_head(server, None).replace(b"Transfer-Encoding: chunked", b"Content-Length: 12abc"))
-    answer = await raw.closed_by_server()
-    assert answer.startswith(b"HTTP/1.1 400 Bad Request\r\n"), answer
+    status, headers, body = await raw.response()
+    assert_error_body(status, body, 400, "bad_request")
+    assert headers["Connection"] == "close"
+    assert await raw.closed_by_server() == b""
     await raw.close()
     await wait_until(lambda: server.app.deps.inflight.count == 0)
 
