@@ -21,7 +21,6 @@ import asyncio
 import heapq
 import itertools
 import logging
-import secrets
 import time
 from typing import Any, Callable, Iterable, Protocol, Sequence
 
@@ -29,6 +28,7 @@ from tornado.ioloop import PeriodicCallback
 from tornado.iostream import StreamBufferFullError, StreamClosedError
 
 from core.errors import TooManyRequests
+from core.ids import random_hex
 from core.sse import PING, Frame, encode_body, encode_event
 
 log = logging.getLogger("notify.sse")
@@ -63,7 +63,7 @@ class Device:
     __slots__ = ("id", "user_id", "writer", "last_cursor", "pending", "stale", "expires_at", "done", "opened_at")
 
     def __init__(self, user_id: str, expires_at: float | None) -> None:
-        self.id = "c_" + secrets.token_hex(8)
+        self.id = "c_" + random_hex(8)
         self.user_id = user_id
         self.writer: Writer | None = None
         #: Highest cursor written to this device; later frames at or below it

@@ -32,6 +32,7 @@ from core.broker import StreamMessage
 from core.connections import SHUTDOWN, ConnectionManager, Device
 from core.errors import AuthError, BadRequest, Conflict, NotFound, Unavailable
 from core.event_bus import EventBus
+from core.ids import random_hex
 from core.sse import Frame, encode_event
 from core.validation import Encoded, compact_json, iso
 from models import queries
@@ -123,6 +124,11 @@ def _store_many(jobs: list[tuple[queries.NewNotification, str | None]]) -> list[
     ]
 
 
+def new_notification_id() -> str:
+    """A fresh public notification id (``ntf_`` and 20 hex digits)."""
+    return "ntf_" + random_hex(10)
+
+
 class NotificationService:
     """The product's use cases over the store, the bus and the tokens.
 
@@ -191,7 +197,7 @@ class NotificationService:
         :returns: the notification as on the wire.
         """
         require_creator(principal, user_id)
-        nid, now = queries.new_notification_id(), self._now_ms()
+        nid, now = new_notification_id(), self._now_ms()
         # The wire form is built here, once: it is both the response and
         # the stream event's data, stored with the notification.
         body = Encoded(

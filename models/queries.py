@@ -5,12 +5,9 @@ Plain values in, model rows or plain values out; no HTTP, no wire format.
 
 from __future__ import annotations
 
-import secrets
-from typing import Callable, Iterable
+from peewee import IntegrityError, PostgresqlDatabase, SqliteDatabase
 
-from peewee import IntegrityError, PostgresqlDatabase, SqliteDatabase, fn
-
-from models.tables import Notification, StreamEvent, StreamTicket, User, UserCursor, database
+from models.tables import Notification, StreamEvent, StreamTicket, User, database
 
 
 class Duplicate(Exception):
@@ -69,11 +66,6 @@ def get_user(user_id: str) -> User | None:
 
 
 # -- notifications ------------------------------------------------------------
-
-
-def new_notification_id() -> str:
-    """A fresh public notification id (``ntf_`` and 20 hex digits)."""
-    return "ntf_" + secrets.token_hex(10)
 
 
 #: What a new notification is stored from: ``(id, user_id, type, message,

@@ -81,6 +81,8 @@ class DatabaseRunner:
             if readers > 0
             else None
         )
+        self._reader_count = readers
+        self._reads: list[tuple[Callable[..., Any], tuple, "asyncio.Future[Any]"]] = []
         self.batches = 0
         self.jobs = 0
         self._writer.start()
@@ -110,10 +112,51 @@ class DatabaseRunner:
         return future
 
     def read(self, fn: Callable[..., Any], *args: Any) -> "asyncio.Future[Any]":
-        """Run the read-only ``fn(*args)`` on a reader thread."""
+        """Run the read-only ``fn(*args)`` on a reader thread.
+
+        Reads asked for in the same pass of the loop go to the reader
+        threads together, a share per thread (a reconnect storm asks for
+        thousands at once): one hand-over to a thread, and one back to the
+        loop, per share instead of per read.
+        """
         if self._readers is None:
             return self.write(fn, *args)
-        return asyncio.wrap_future(self._readers.submit(self._read, fn, args), loop=self.loop)
+        future = self.loop.create_future()
+        if not self._reads:
+            self.loop.call_soon(self._submit_reads)
+        self._reads.append((fn, args, future))
+        return future
+
+    def _submit_reads(self) -> None:
+        reads, self._reads = self._reads, []
+        shares = min(self._reader_count, len(reads))
+        for i in range(shares):
+            share = reads[i::shares]
+            try:
+                self._readers.submit(self._read_share, share)  # type: ignore[union-attr]
+            except RuntimeError:  # the pool is shut down: the runner is closing
+                for _, _, future in share:
+                    if not future.done():
+                        future.set_exception(StorageUnavailable("the database runner is closed"))
+
+    def _read_share(self, share: list[tuple[Callable[..., Any], tuple, "asyncio.Future[Any]"]]) -> None:
+        outcomes: list[tuple[bool, Any]] = []
+        for fn, args, _ in share:
+            try:
+                outcomes.append((True, self._read(fn, args)))
+            except Exception as exc:
+                outcomes.append((False, exc))
+        self.loop.call_soon_threadsafe(self._settle_reads, share, outcomes)
+
+    @staticmethod
+    def _settle_reads(share: list[tuple[Any, Any, "asyncio.Future[Any]"]], outcomes: list[tuple[bool, Any]]) -> None:
+        for (_, _, future), (ok, value) in zip(share, outcomes):
+            if future.done():
+                continue
+            if ok:
+                future.set_result(value)
+            else:
+                future.set_exception(value)
 
     def queued(self) -> int:
         """Jobs waiting for the writer (approximate; for tests and stats)."""
