@@ -28,6 +28,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LOADGEN = os.path.join(ROOT, "bench", "loadgen.py")
 SOAK = os.path.join(ROOT, "bench", "soak.py")
 FLOOR = os.path.join(ROOT, "bench", "floor.py")
+BARE_TORNADO = os.path.join(ROOT, "bench", "bare_tornado.py")
 
 
 async def run_loadgen(port: int, secret: str, tmp_path, *args: str) -> tuple[int, dict[str, Any], str]:
@@ -110,6 +111,27 @@ async def test_floor_delivers_events_to_every_device_of_each_listed_user(tmp_pat
     finally:
         floor.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(floor.wait(), 10) == 0
+
+
+@pytest.mark.parametrize("layer", ["handler", "delegate", "lean", "lean-handler"])
+async def test_bare_tornado_answers_the_create_scenario_on_every_layer(tmp_path, layer):
+    port = free_port()
+    bare = await asyncio.create_subprocess_exec(
+        sys.executable, BARE_TORNADO, "--port", str(port), "--layer", layer,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )
+    try:
+        banner = await asyncio.wait_for(bare.stdout.readline(), 10)
+        assert banner.startswith(b"bare tornado (%s)" % layer.encode()), banner
+        code, result, output = await run_loadgen(
+            port, "unused-by-the-calibration-" + "x" * 16, tmp_path, "create",
+            "--streams", "0", "--create-concurrency", "2", "--duration", "0.5", "--create-warmup", "0.1")
+        assert code == 0, output
+        assert result["create"]["stored_201"] > 0
+        assert result["create"]["non_201"] == {}
+    finally:
+        bare.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(bare.wait(), 10) == 0
 
 
 def test_soak_drift_compares_the_last_third_with_the_end_of_warm_up():

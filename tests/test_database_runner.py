@@ -158,3 +158,30 @@ async def test_creates_committed_in_one_batch_keep_each_users_cursor_and_list_or
         events = await runner.read(queries.events_after, user, 0, 100)
         assert [cursor for cursor, _, _ in events] == list(range(1, 11))
         assert [json.loads(data)["notificationId"] for _, _, data in events] == oldest_first
+
+
+def _which_thread(tag: str) -> tuple[str, str]:
+    """A read that says which thread ran it."""
+    return tag, threading.current_thread().name
+
+
+def _failing_read() -> None:
+    raise ValueError("this read fails alone")
+
+
+async def test_reads_asked_together_share_the_reader_threads_and_each_gets_its_own_answer(server):
+    runner = server.app.runner
+    answers = await asyncio.gather(*(runner.read(_which_thread, f"r{i}") for i in range(40)))
+    assert [tag for tag, _ in answers] == [f"r{i}" for i in range(40)]
+    threads = {name for _, name in answers}
+    # One share per reader thread, not one hand-over per read.
+    assert all(name.startswith("db-reader") for name in threads)
+    assert len(threads) <= 4
+
+
+async def test_a_failing_read_fails_alone_among_reads_asked_together(server):
+    runner = server.app.runner
+    results = await asyncio.gather(runner.read(_which_thread, "before"), runner.read(_failing_read),
+                                   runner.read(_which_thread, "after"), return_exceptions=True)
+    assert results[0][0] == "before" and results[2][0] == "after"
+    assert isinstance(results[1], ValueError)
