@@ -48,7 +48,8 @@ READ_SIZE = 64 * 1024
 #: Pipelined requests parsed ahead of the one being served, at most, before
 #: reading pauses.
 MAX_QUEUED = 16
-#: Output held for a connection (kernel full) before writers are told to wait.
+#: Body bytes held for a request whose handler is not taking them yet, at
+#: most, before reading pauses.
 HIGH_WATER = 64 * 1024
 #: A connection closed with its request body unread is drained this long and
 #: this much first (see :meth:`Connection._linger`).
@@ -570,7 +571,8 @@ class Connection(httputil.HTTPConnection):
         if self._closed:
             future.set_exception(StreamClosedError())
             future.exception()
-        elif self._out_size <= HIGH_WATER:
+        elif not self._out:
+            # All of it is with the kernel already (the usual case).
             future.set_result(None)
         else:
             self._drain_waiters.append(future)

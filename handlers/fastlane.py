@@ -36,8 +36,10 @@ import urllib.parse
 from typing import Any
 
 from tornado import httputil
+from tornado.iostream import StreamClosedError
 
 from core.auth import require_creator
+from core.connections import Device
 from core.validation import check_user_id, parse_json_body, validate_notification
 from handlers.base import (
     Deps,
@@ -51,10 +53,12 @@ from handlers.base import (
     log_failure,
     spend_publish,
 )
+from handlers.stream import STREAM_HEADERS, hand_over, hello, plan_stream
 
 #: The create route, matched on the raw (still percent-encoded) path, as
 #: Tornado's router does.
 PUBLISH_PATH = re.compile(r"/api/v1/users/([^/]+)/notifications\Z")
+STREAM_PATH = re.compile(r"/api/v1/users/([^/]+)/notifications/stream\Z")
 
 _REASONS = {status: httputil.responses.get(status, "Unknown") for status in range(100, 600)}
 
@@ -84,27 +88,61 @@ def fast_publish_user(start_line: httputil.RequestStartLine, headers: httputil.H
         return None
 
 
-class FastPublish(httputil.HTTPMessageDelegate):
-    """One ``POST .../notifications`` served straight on the connection.
+def fast_stream_request(start_line: httputil.RequestStartLine, headers: httputil.HTTPHeaders,
+                        max_header_bytes: int) -> tuple[str, str | None, str | None] | None:
+    """``(user id, ?token=, Last-Event-ID)`` when this stream request may take the lane, else None.
+
+    The usual shapes only: an ``Authorization`` header, or (no header, no
+    cookie) a ``?token=``, with at most ``token`` and ``lastEventId`` in a
+    query that needs no decoding; no body.  A ticket, a cookie or anything
+    else goes to the handler.
+    """
+    if start_line.method != "GET":
+        return None
+    path, _, query = start_line.path.partition("?")
+    match = STREAM_PATH.match(path)
+    if match is None or "Transfer-Encoding" in headers or headers.get("Content-Length", "0") != "0":
+        return None
+    token = last = None
+    if query:
+        if "%" in query or "+" in query:
+            return None
+        for pair in query.split("&"):
+            name, _, value = pair.partition("=")
+            if name == "token" and token is None:
+                token = value.strip()
+            elif name == "lastEventId" and last is None:
+                last = value.strip()
+            else:
+                return None
+    if "Authorization" not in headers and (not token or "Cookie" in headers):
+        return None
+    if header_block_size(start_line.method, start_line.path, start_line.version, headers) > max_header_bytes:
+        return None
+    try:
+        user_id = urllib.parse.unquote_to_bytes(match.group(1)).decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    return user_id, token, headers.get("Last-Event-ID") or last or None
+
+
+class _Lane(httputil.HTTPMessageDelegate):
+    """A request served straight on its connection (see the module's docstring).
 
     :param deps: the application's dependencies.
-    :param connection: Tornado's HTTP/1.1 connection of the request.
+    :param connection: the request's HTTP/1.1 connection.
     :param start_line: its request line.
     :param headers: its headers.
-    :param user_id: the path's user id, decoded (:func:`fast_publish_user`).
+    :param user_id: the path's user id, decoded.
     """
 
-    __slots__ = ("_deps", "_connection", "_start_line", "_headers", "_user_id", "_chunks", "_started",
-                 "_inflight", "_task")
-
-    def __init__(self, deps: Deps, connection: httputil.HTTPConnection, start_line: httputil.RequestStartLine,
+    def __init__(self, deps: Deps, connection: Any, start_line: httputil.RequestStartLine,
                  headers: httputil.HTTPHeaders, user_id: str) -> None:
         self._deps = deps
         self._connection = connection
         self._start_line = start_line
         self._headers = headers
         self._user_id = user_id
-        self._chunks: list[bytes] = []
         self._started = time.time()
         # Counted from the headers on, as a handler's prepare() does, so
         # that shutdown waits for it.
@@ -112,24 +150,62 @@ class FastPublish(httputil.HTTPMessageDelegate):
         deps.inflight.count += 1
         self._task: asyncio.Task[None] | None = None
 
-    def data_received(self, chunk: bytes) -> None:
-        """A piece of the body (at most ``Content-Length``, already checked)."""
-        self._chunks.append(chunk)
-
     def finish(self) -> None:
-        """The body is in: serve the request."""
+        """The request is in: serve it."""
         # A task, as Tornado runs a coroutine handler: the connection waits
         # for the answer before it reads the next request.
         self._task = asyncio.ensure_future(self._serve())
 
     def on_connection_close(self) -> None:
-        """The client left before its body was in: nothing will answer it."""
+        """The client left before its request was in: nothing will answer it."""
         self._stop_counting()
+
+    async def _serve(self) -> None:
+        raise NotImplementedError
 
     def _stop_counting(self) -> None:
         if self._inflight is not None:
             self._inflight.count -= 1
             self._inflight = None
+
+    def _log(self, status: int) -> None:
+        log_access(status, self._start_line.method, self._start_line.path.split("?", 1)[0], time.time() - self._started)
+
+    def _fail(self) -> None:
+        """Answer the exception being handled as the handlers would."""
+        exc_info = sys.exc_info()
+        path = self._start_line.path.split("?", 1)[0]
+        log_failure(self._start_line.method, path, exc_info)
+        status, extra, text = error_answer(exc_info[1], 500, self._start_line.method)
+        self._answer(status, extra, text)
+
+    def _response_headers(self) -> dict[str, str]:
+        response = json_headers()
+        response.update(self._deps.cors.headers(self._headers.get("Origin")))
+        return response
+
+    def _answer(self, status: int, extra: dict[str, str], text: str) -> None:
+        response = self._response_headers()
+        response.update(extra)
+        body = text.encode("utf-8")
+        response["Content-Length"] = str(len(body))
+        self._connection.write_headers(
+            httputil.ResponseStartLine("HTTP/1.1", status, _REASONS[status]), httputil.HTTPHeaders(response), body)
+        self._connection.finish()
+        self._stop_counting()
+        self._log(status)
+
+
+class FastPublish(_Lane):
+    """One ``POST .../notifications`` (:func:`fast_publish_user`), as ``NotificationsHandler.post``."""
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self._chunks: list[bytes] = []
+
+    def data_received(self, chunk: bytes) -> None:
+        """A piece of the body (at most ``Content-Length``, already checked)."""
+        self._chunks.append(chunk)
 
     async def _serve(self) -> None:
         deps = self._deps
@@ -146,25 +222,73 @@ class FastPublish(httputil.HTTPMessageDelegate):
             origin = headers.get("X-Connection-Id") or None
             notification = await deps.service.create_notification(principal, user_id, fields, origin)
         except Exception:
-            exc_info = sys.exc_info()
-            log_failure(self._start_line.method, self._start_line.path, exc_info)
-            status, extra, text = error_answer(exc_info[1], 500, self._start_line.method)
-            self._answer(status, extra, text)
+            self._fail()
             return
         self._answer(201, {"Location": "/api/v1/users/{}/notifications/{}".format(
             urllib.parse.quote(user_id, safe=""), notification["notificationId"])}, notification.text)
 
-    def _answer(self, status: int, extra: dict[str, str], text: str) -> None:
-        response = json_headers()
-        response.update(self._deps.cors.headers(self._headers.get("Origin")))
-        response.update(extra)
-        body = text.encode("utf-8")
-        response["Content-Length"] = str(len(body))
-        self._connection.write_headers(
-            httputil.ResponseStartLine("HTTP/1.1", status, _REASONS[status]), httputil.HTTPHeaders(response), body)
-        self._connection.finish()
+
+class FastStream(_Lane):
+    """One ``GET .../notifications/stream`` (:func:`fast_stream_user`), as ``StreamHandler.get``.
+
+    :param token: the ``?token=`` credential, when there is no
+        ``Authorization`` header.
+    :param last_event_id: ``Last-Event-ID``, or else ``?lastEventId=``.
+    """
+
+    def __init__(self, *args: Any, token: str | None, last_event_id: str | None) -> None:
+        super().__init__(*args)
+        self._token = token
+        self._last_event_id = last_event_id
+        self._device: Device | None = None
+
+    def data_received(self, chunk: bytes) -> None:
+        """No body comes with a qualifying request."""
+
+    async def _serve(self) -> None:
+        deps = self._deps
+        connection = self._connection
+        authorization = self._headers.get("Authorization")
+        try:
+            token = bearer_token(authorization) if authorization is not None else self._token
+            principal = deps.tokens.verify(token)  # type: ignore[arg-type]
+            device, start = await plan_stream(deps, principal, self._user_id, self._last_event_id)
+        except Exception:
+            self._fail()
+            return
+        self._device = device
+        connection.set_close_callback(self._left)
+        response = self._response_headers()
+        response.update(STREAM_HEADERS)
+        try:
+            await connection.write_headers(httputil.ResponseStartLine("HTTP/1.1", 200, "OK"),
+                                           httputil.HTTPHeaders(response), hello(deps, device))
+        except StreamClosedError:
+            self._left()
+            return
+        if self._device is None:
+            return  # the client left meanwhile
+        if device.ended:
+            # Ended already (shutdown, expiry): finish the answer as a
+            # handler returning would.
+            connection.set_close_callback(None)
+            connection.finish()
+            self._stop_counting()
+            self._log(200)
+            return
+        chunked = connection._chunking_output
+        sock = connection.detach()
+        self._device = None
         self._stop_counting()
-        log_access(status, self._start_line.method, self._start_line.path, time.time() - self._started)
+        self._log(200)
+        await hand_over(deps, device, start, sock, chunked)
+
+    def _left(self) -> None:
+        """The client went away before the stream was handed over."""
+        device, self._device = self._device, None
+        if device is not None:
+            self._deps.manager.unsubscribe(device)
+        self._stop_counting()
 
 
 class LaneSorter(httputil.HTTPMessageDelegate):
@@ -188,10 +312,18 @@ class LaneSorter(httputil.HTTPMessageDelegate):
     def headers_received(self, start_line: Any, headers: httputil.HTTPHeaders) -> Any:
         """Choose the lane before any of the body is read."""
         config = self._deps.config
-        user_id = fast_publish_user(start_line, headers, config.max_header_kb * 1024, config.max_body_kb * 1024)
-        if user_id is not None:
-            self._inner = FastPublish(self._deps, self._connection, start_line, headers, user_id)
-            return None
+        if start_line.method == "GET":
+            stream = fast_stream_request(start_line, headers, config.max_header_kb * 1024)
+            if stream is not None:
+                user_id, token, last_event_id = stream
+                self._inner = FastStream(self._deps, self._connection, start_line, headers, user_id,
+                                         token=token, last_event_id=last_event_id)
+                return None
+        else:
+            user_id = fast_publish_user(start_line, headers, config.max_header_kb * 1024, config.max_body_kb * 1024)
+            if user_id is not None:
+                self._inner = FastPublish(self._deps, self._connection, start_line, headers, user_id)
+                return None
         self._inner = self._app.route_request(self._server_conn, self._connection)
         return self._inner.headers_received(start_line, headers)
 

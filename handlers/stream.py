@@ -1,22 +1,93 @@
 """``GET /api/v1/users/{userId}/notifications/stream``: the SSE endpoint.
 
-The handler authenticates, subscribes the device (so live events queue from
-that moment), sends the headers with ``: connected`` and ``ready`` through
-Tornado, then detaches the connection's IOStream from the HTTP layer and hands it to
-the SSE manager, which writes every later frame straight onto it and ends
-the response.  The handler is done once the missed events are replayed.
+Opening a stream: authenticate, subscribe the device (so live events queue
+from that moment), plan where it starts, send the headers with
+``: connected`` and ``ready``, then hand the socket over from the HTTP
+layer to the SSE manager, which writes every later frame straight onto it
+and ends the response.  The missed events are replayed from there.
+
+Two doors lead here, sharing every step below: :class:`StreamHandler` (a
+RequestHandler, for every shape of request) and
+:class:`handlers.fastlane.FastStream` (the usual shape, without the
+RequestHandler machinery; see that module).
 """
 
 from __future__ import annotations
 
+import socket
+from typing import Any
+
 from tornado.iostream import StreamClosedError
 
-from core.auth import require_reader
+from core.auth import Principal, require_reader
 from core.connections import SHUTDOWN, Device
+from core.service import StreamStart
 from core.sockwriter import SocketWriter
 from core.sse import encode_comment, encode_event
 from core.validation import check_user_id, compact_json, parse_cursor
-from handlers.base import BaseHandler, log
+from handlers.base import BaseHandler, Deps, log
+
+#: The headers of a stream's answer (on top of the JSON defaults, whose
+#: Content-Type they replace).
+STREAM_HEADERS = {
+    "Content-Type": "text/event-stream; charset=utf-8",
+    "Cache-Control": "no-cache, no-store",
+    "X-Accel-Buffering": "no",
+}
+
+
+async def plan_stream(deps: Deps, principal: Principal, user_id: str, last_event_id: str | None) -> tuple[Device, StreamStart]:
+    """Check access, subscribe the device and decide where it starts.
+
+    :raises DomainError: no access, a bad ``Last-Event-ID``, too many
+        devices, or the database down (nothing is subscribed then).
+    """
+    require_reader(principal, check_user_id(user_id))
+    after = parse_cursor(last_event_id)
+    manager = deps.manager
+    device = manager.subscribe(user_id, principal.expires_at)
+    try:
+        start = await deps.service.plan_stream(device, after)
+    except Exception:
+        # Nothing is sent yet: the client gets a clean JSON error (503
+        # when the database is down) and EventSource may retry.
+        manager.unsubscribe(device)
+        raise
+    return device, start
+
+
+def hello(deps: Deps, device: Device) -> bytes:
+    """The first frames of a stream: ``: connected`` and ``event: ready``."""
+    ready = {"connectionId": device.id, "userId": device.user_id, "instanceId": deps.instance_id}
+    return encode_comment("connected") + encode_event(compact_json(ready), event="ready", retry=deps.config.retry_ms)
+
+
+async def hand_over(deps: Deps, device: Device, start: StreamStart, stream: socket.socket | Any, chunked: bool) -> None:
+    """Give the detached connection to the manager and replay what was missed.
+
+    :param stream: what the connection's ``detach()`` returned.
+    :param chunked: whether the answer is chunk-framed (HTTP/1.1).
+    """
+    manager = deps.manager
+    writer = SocketWriter.take_over(
+        stream,
+        chunked=chunked,
+        max_buffer=deps.config.max_buffer_kb * 1024,
+        on_close=lambda: manager.unsubscribe(device),
+    )
+    if writer is None:
+        return
+    manager.attach(device, writer)
+    if device.ended:
+        return
+    try:
+        await deps.service.replay(manager, device, start)
+    except Exception:
+        # The history could not be read (database down): end the stream
+        # cleanly rather than leave a gap; the browser reconnects and
+        # the replay is tried again from the same Last-Event-ID.
+        log.warning("replay failed for stream %s; ending it so the client retries", device.id, exc_info=True)
+        manager.unsubscribe(device, SHUTDOWN)
 
 
 class StreamHandler(BaseHandler):
@@ -27,63 +98,30 @@ class StreamHandler(BaseHandler):
     async def get(self, user_id: str) -> None:
         """Open the stream, replay what was missed, then stay live."""
         principal = await self.authenticate(allow_query=True)
-        require_reader(principal, check_user_id(user_id))
-        after = parse_cursor(self.request.headers.get("Last-Event-ID") or self.get_query_argument("lastEventId", None))
-        manager = self.deps.manager
-        device = manager.subscribe(user_id, principal.expires_at)
+        last_event_id = self.request.headers.get("Last-Event-ID") or self.get_query_argument("lastEventId", None)
+        device, start = await plan_stream(self.deps, principal, user_id, last_event_id)
         self._device = device
-        try:
-            start = await self.deps.service.plan_stream(device, after)
-        except Exception:
-            # Nothing is sent yet: the client gets a clean JSON error (503
-            # when the database is down) and EventSource may retry.
-            manager.unsubscribe(device)
-            raise
-
-        self.set_header("Content-Type", "text/event-stream; charset=utf-8")
-        self.set_header("Cache-Control", "no-cache, no-store")
-        self.set_header("X-Accel-Buffering", "no")
-        self.write(encode_comment("connected"))
-        ready = {"connectionId": device.id, "userId": user_id, "instanceId": self.deps.instance_id}
-        self.write(encode_event(compact_json(ready), event="ready", retry=self.deps.config.retry_ms))
+        for name, value in STREAM_HEADERS.items():
+            self.set_header(name, value)
+        self.write(hello(self.deps, device))
         try:
             await self.flush()
         except StreamClosedError:
-            manager.unsubscribe(device)
+            self.deps.manager.unsubscribe(device)
             return
         if device.ended:
             return
         # Take the connection over from the HTTP layer, as Tornado's own
         # WebSocket handler does: the headers and the first frames are on
         # the wire and nothing else will be written through Tornado, so this
-        # handler, its request, the HTTP connection and the IOStream can all
-        # be freed while the stream stays open (most of an open stream's
-        # memory).  The manager writes, ends and closes the socket from
-        # here; see docs/ARCHITECTURE.md.
+        # handler and its request can be freed while the stream stays open
+        # (most of an open stream's memory).  See docs/ARCHITECTURE.md.
         chunked = self.request.connection._chunking_output  # type: ignore[attr-defined]
         stream = self.detach()
         self._device = None  # the writer watches the connection from now on
         self.on_finish()
         self.application.log_request(self)
-        writer = SocketWriter.take_over(
-            stream,
-            chunked=chunked,
-            max_buffer=self.deps.config.max_buffer_kb * 1024,
-            on_close=lambda: manager.unsubscribe(device),
-        )
-        if writer is None:
-            return
-        manager.attach(device, writer)
-        if device.ended:
-            return
-        try:
-            await self.deps.service.replay(manager, device, start)
-        except Exception:
-            # The history could not be read (database down): end the stream
-            # cleanly rather than leave a gap; the browser reconnects and
-            # the replay is tried again from the same Last-Event-ID.
-            log.warning("replay failed for stream %s; ending it so the client retries", device.id, exc_info=True)
-            manager.unsubscribe(device, SHUTDOWN)
+        await hand_over(self.deps, device, start, stream, chunked)
 
     def on_connection_close(self) -> None:
         """The client went away before the stream was taken over: forget the device."""

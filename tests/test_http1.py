@@ -14,6 +14,7 @@ import pytest
 from tornado.httputil import HTTPHeaders
 
 import handlers.api
+import handlers.stream
 from tests.support.checks import assert_error, assert_error_body, wait_until
 from tests.test_limits import NOTIFICATIONS, Raw, chunked, post_head
 
@@ -193,3 +194,64 @@ async def test_the_fast_lane_refuses_another_users_notification_for_a_plain_user
     response = await server.request("POST", "/api/v1/users/bob/notifications", {"type": "info", "message": "x"},
                                     as_user="alice")
     assert_error(response, 403, "forbidden")
+
+
+# -- the stream lane --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("credential", ["header", "query"])
+async def test_the_usual_stream_open_does_not_go_through_the_request_handler(server, monkeypatch, credential):
+    async def refuse(self, user_id):
+        raise AssertionError("the stream lane should have served this")
+
+    monkeypatch.setattr(handlers.stream.StreamHandler, "get", refuse)
+    if credential == "header":
+        client = await server.live_stream("alice")
+    else:
+        client = await server.stream("alice", query=f"token={server.token('alice')}", auth=False)
+        assert (await client.next_event()).type == "ready"
+    created = await server.notify("alice", "to the lane's stream")
+    event = await client.next_event()
+    assert json.loads(event.data)["notificationId"] == created["notificationId"]
+    client.close()
+
+
+async def test_the_stream_lane_answers_as_the_handler_does(server):
+    token = server.token("alice")
+    lane = await server.stream("alice", headers={"Authorization": f"Bearer {token}"}, auth=False)
+    handler = await server.stream("alice", headers={"Cookie": f"access_token={token}"}, auth=False)
+    assert lane.status == handler.status == 200
+    ignore = {"Date"}
+    assert sorted(k for k in lane.headers.keys() if k not in ignore) == sorted(
+        k for k in handler.headers.keys() if k not in ignore)
+    for name in ("Content-Type", "Cache-Control", "X-Accel-Buffering", "X-Content-Type-Options", "Transfer-Encoding"):
+        assert lane.headers[name] == handler.headers[name]
+    first, second = await lane.next_event(), await handler.next_event()
+    assert first.type == second.type == "ready"
+    assert set(json.loads(first.data)) == set(json.loads(second.data))
+    lane.close()
+    handler.close()
+
+
+async def test_the_stream_lane_replays_from_last_event_id_as_the_handler_does(server):
+    client = await server.live_stream("alice")
+    first = await server.notify("alice", "one")
+    mark = (await client.next_event()).id
+    client.close()
+    second = await server.notify("alice", "two")
+    token = server.token("alice")
+    for headers, query in (({"Last-Event-ID": mark, "Authorization": f"Bearer {token}"}, ""),
+                           ({"Cookie": f"access_token={token}"}, f"lastEventId={mark}")):
+        resumed = await server.stream("alice", headers=headers, query=query, auth=False)
+        assert (await resumed.next_event()).type == "ready"
+        replayed = await resumed.next_event()
+        assert json.loads(replayed.data)["notificationId"] == second["notificationId"] != first["notificationId"]
+        resumed.close()
+
+
+async def test_the_stream_lane_refuses_a_bad_query_token_with_a_json_401(server):
+    client = await server.stream("alice", query="token=not-a-token", auth=False)
+    assert client.status == 401
+    assert json.loads(client.body_bytes)["error"]["code"] == "invalid_token"
+    assert client.headers["WWW-Authenticate"].startswith("Bearer")
+    client.close()
