@@ -167,9 +167,10 @@ class NotificationService:
         *args: Any,
         on_commit: Callable[[Any], None] | None = None,
         bulk: Callable[[list[tuple]], list[Any]] | None = None,
+        one_statement: bool = False,
     ) -> Any:
         try:
-            return await self.runner.write(fn, *args, on_commit=on_commit, bulk=bulk)
+            return await self.runner.write(fn, *args, on_commit=on_commit, bulk=bulk, one_statement=one_statement)
         except StorageUnavailable as exc:
             raise Unavailable("the database is unavailable, try again shortly", code="database_unavailable") from exc
 
@@ -216,7 +217,10 @@ class NotificationService:
         data = compact_json(fields["data"]) if fields["data"] is not None else None
         item = (nid, user_id, fields["type"], fields["message"], fields["action_url"], fields["source_type"], data,
                 now, body.text)
-        await self._write(_store_one, item, origin, on_commit=self._announce_created, bulk=_store_many)
+        # One statement on PostgreSQL (queries.store_notification(s)): a
+        # batch of creates needs no BEGIN/COMMIT around it.
+        await self._write(_store_one, item, origin, on_commit=self._announce_created, bulk=_store_many,
+                          one_statement=True)
         return body
 
     def _announce_created(self, message: StreamMessage) -> None:

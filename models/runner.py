@@ -17,7 +17,7 @@ import queue
 import threading
 from typing import Any, Callable
 
-from peewee import Database, InterfaceError, OperationalError
+from peewee import Database, InterfaceError, OperationalError, PostgresqlDatabase
 
 from models.tables import database
 
@@ -47,14 +47,15 @@ def _translate(exc: BaseException) -> BaseException:
 
 
 class _Job:
-    __slots__ = ("fn", "args", "future", "on_commit", "bulk", "result", "error")
+    __slots__ = ("fn", "args", "future", "on_commit", "bulk", "one_statement", "result", "error")
 
-    def __init__(self, fn, args, future, on_commit, bulk=None) -> None:
+    def __init__(self, fn, args, future, on_commit, bulk=None, one_statement=False) -> None:
         self.fn = fn
         self.args = args
         self.future = future
         self.on_commit = on_commit
         self.bulk = bulk
+        self.one_statement = one_statement
         self.result: Any = None
         self.error: BaseException | None = None
 
@@ -82,6 +83,9 @@ class DatabaseRunner:
             else None
         )
         self._reader_count = readers
+        # peewee keeps the psycopg2 connection in autocommit mode and sends
+        # BEGIN for a transaction: one statement alone commits itself.
+        self._autocommit_one_statement = isinstance(db, PostgresqlDatabase)
         self._reads: list[tuple[Callable[..., Any], tuple, "asyncio.Future[Any]"]] = []
         self.batches = 0
         self.jobs = 0
@@ -93,6 +97,7 @@ class DatabaseRunner:
         *args: Any,
         on_commit: Callable[[Any], None] | None = None,
         bulk: Callable[[list[tuple]], list[Any]] | None = None,
+        one_statement: bool = False,
     ) -> "asyncio.Future[Any]":
         """Run ``fn(*args)`` in the writer's transaction.
 
@@ -105,10 +110,15 @@ class DatabaseRunner:
             would have.  Jobs with the same ``bulk`` next to each other in a
             batch go through it in one call (one statement instead of one
             per job, which is what a PostgreSQL round trip makes worth it).
+        :param one_statement: on PostgreSQL, ``fn`` (and ``bulk``) is a
+            single statement.  A batch made only of this job, or only of one
+            run of such jobs through ``bulk``, is then that one statement,
+            atomic by itself: it runs without ``BEGIN`` and ``COMMIT``, two
+            round trips fewer (the driver connection is in autocommit mode).
         :returns: a future of ``fn``'s result (or its exception).
         """
         future = self.loop.create_future()
-        self._queue.put(_Job(fn, args, future, on_commit, bulk))
+        self._queue.put(_Job(fn, args, future, on_commit, bulk, one_statement))
         return future
 
     def read(self, fn: Callable[..., Any], *args: Any) -> "asyncio.Future[Any]":
@@ -222,8 +232,11 @@ class DatabaseRunner:
         """
         try:
             self.db.connect(reuse_if_open=True)
-            with self.db.atomic():
+            if self._one_statement(batch):
                 self._run_jobs(batch)
+            else:
+                with self.db.atomic():
+                    self._run_jobs(batch)
             return self._finish(batch)
         except Exception as exc:
             if len(batch) == 1:
@@ -240,6 +253,12 @@ class DatabaseRunner:
                 job.error = _translate(exc)
                 self._reset_connection_if_broken(exc)
         self._finish(batch)
+
+    def _one_statement(self, batch: list[_Job]) -> bool:
+        """Whether ``batch`` runs as one PostgreSQL statement (see :meth:`write`)."""
+        if not self._autocommit_one_statement or not all(job.one_statement for job in batch):
+            return False
+        return len(batch) == 1 or (batch[0].bulk is not None and all(job.bulk is batch[0].bulk for job in batch))
 
     @staticmethod
     def _run_jobs(batch: list[_Job]) -> None:

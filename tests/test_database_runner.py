@@ -10,6 +10,7 @@ import pytest
 
 from models import queries
 from models.tables import Notification
+from tests.conftest import TEST_DB
 from tests.support.checks import wait_until
 
 pytestmark = pytest.mark.timeout(30)
@@ -185,3 +186,26 @@ async def test_a_failing_read_fails_alone_among_reads_asked_together(server):
                                    runner.read(_which_thread, "after"), return_exceptions=True)
     assert results[0][0] == "before" and results[2][0] == "after"
     assert isinstance(results[1], ValueError)
+
+
+async def test_a_batch_of_creates_is_one_statement_on_postgresql_and_one_transaction_on_sqlite(server, monkeypatch):
+    # On PostgreSQL a run of creates is a single statement, atomic by
+    # itself: no BEGIN/COMMIT round trips around it.  SQLite's three
+    # statements per create need their transaction.
+    runner = server.app.runner
+    begins = []
+    real_begin = runner.db.begin
+
+    def counting_begin(*args, **kwargs):
+        begins.append(threading.current_thread().name)
+        return real_begin(*args, **kwargs)
+
+    monkeypatch.setattr(runner.db, "begin", counting_begin)
+    created = await asyncio.gather(*(server.notify("alice", f"n{i}") for i in range(10)))
+    assert len({note["notificationId"] for note in created}) == 10
+    if TEST_DB == "postgresql":
+        assert begins == []
+    else:
+        assert 1 <= len(begins) <= 10
+    status, _, body, _ = await server.request("GET", "/api/v1/users/alice/notifications?limit=100", as_user="alice")
+    assert status == 200 and len(body["items"]) == 10
