@@ -678,6 +678,9 @@ class Connection(httputil.HTTPConnection):
         if self._closed:
             return
         self._closed = True
+        # A close from inside a parser callback: the rest of this read is
+        # not for anyone.
+        self._stop_parsing = True
         sock = self._sock
         self._sock = None
         if sock is not None:

@@ -1,29 +1,34 @@
-"""The publish fast lane: ``POST .../notifications`` without a RequestHandler.
+"""The fast lanes: the usual create and stream open, without a RequestHandler.
 
-Creating a notification is the request a busy service serves most, and
-Tornado's ``Application``/``RequestHandler`` machinery (routing, a handler
-object, its header dicts, ``_execute``'s coroutine, ``flush``) costs more
-CPU per request than everything the product does for it (measured with
-``bench/bare_tornado.py``: 576 us per request through a RequestHandler,
-225 us through a bare ``HTTPMessageDelegate``).  So, as Tornado's own
-WebSocket support steps around the handler once its headers are out, this
-module serves that one request as a bare ``HTTPMessageDelegate`` on
-Tornado's HTTP/1.1 connection.
+Creating a notification and opening a stream are the requests a busy
+service serves most, and Tornado's ``Application``/``RequestHandler``
+machinery (routing, a handler object, its header dicts, ``_execute``'s
+coroutine, ``flush``) costs about 200 us of CPU per request on this VM, more
+than the product's own work for a create (``bench/calibrate.sh``: 282 us per
+request for a RequestHandler on :mod:`core.http1`, 103 us for a bare
+``HTTPMessageDelegate``).  So, as Tornado's own WebSocket support steps
+around the handler once its headers are out, these two are served as bare
+``HTTPMessageDelegate``\ s on the connection, in their usual shapes:
 
-Only the ordinary shape of the request takes the lane: ``POST
-/api/v1/users/{userId}/notifications`` with no query string, an
-``Authorization`` header, ``Content-Type: application/json`` and a
-``Content-Length`` within ``--max-body-kb``, headers within
-``--max-header-kb``.  Anything else (a cookie credential, a chunked or
-oversized body, a path that is not valid UTF-8 once decoded) is decided on
-the headers alone, before a byte of body is read, and handed to the
-``Application`` unchanged, so every unusual case keeps the one
-implementation in :mod:`handlers.api` and :mod:`handlers.base`.  Once a
-request is in the lane, it goes through the same steps, in the same order,
-as ``NotificationsHandler.post`` (credential, rate limit, permission, body,
-validation, store) and leaves with the same status, headers and body,
-errors included (:func:`handlers.base.error_answer`);
-``tests/test_fastlane.py`` compares the two.
+- ``POST /api/v1/users/{userId}/notifications`` with no query string, an
+  ``Authorization`` header, ``Content-Type: application/json`` and a
+  ``Content-Length`` within ``--max-body-kb`` (:func:`fast_publish_user`);
+- ``GET .../notifications/stream`` with an ``Authorization`` header, or a
+  plain ``?token=`` and no cookie, at most ``lastEventId`` besides, no body
+  (:func:`fast_stream_request`);
+
+headers within ``--max-header-kb`` in both.  Anything else (a cookie or a
+ticket, a chunked or oversized body, a percent-encoded query, a path that
+is not UTF-8 once decoded, any other route) is decided on the headers
+alone, before a byte of body is read, and handed to the ``Application``
+unchanged, so every unusual case keeps the one implementation in
+:mod:`handlers.api`, :mod:`handlers.stream` and :mod:`handlers.base`.  A
+request in a lane goes through the same steps, in the same order, as
+``NotificationsHandler.post`` or ``StreamHandler.get`` (the stream's steps
+are shared functions of :mod:`handlers.stream`), and leaves with the same
+status, headers and body, errors included
+(:func:`handlers.base.error_answer`); ``tests/test_http1.py`` compares
+them.
 """
 
 from __future__ import annotations
