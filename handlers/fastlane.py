@@ -8,7 +8,7 @@ than the product's own work for a create (``bench/calibrate.sh``: 282 us per
 request for a RequestHandler on :mod:`core.http1`, 103 us for a bare
 ``HTTPMessageDelegate``).  So, as Tornado's own WebSocket support steps
 around the handler once its headers are out, these two are served as bare
-``HTTPMessageDelegate``\ s on the connection, in their usual shapes:
+``HTTPMessageDelegate`` objects on the connection, in their usual shapes:
 
 - ``POST /api/v1/users/{userId}/notifications`` with no query string, an
   ``Authorization`` header, ``Content-Type: application/json`` and a
