@@ -474,6 +474,11 @@ class Connection(httputil.HTTPConnection):
                 and code not in (204, 304) and req_line.method != "HEAD"):
             # A body that only the end of the connection delimits.
             self._disconnect_on_finish = True
+        if not self._read_finished and not request.complete and not 100 <= code < 200:
+            # Answered before the request's body is in (a 413, say): the
+            # connection closes after this answer (see finish), and the
+            # client is told so rather than finding out on its next request.
+            self._disconnect_on_finish = True
         if req_line.version == "HTTP/1.1" and self._disconnect_on_finish:
             headers["Connection"] = "close"
         if req_line.version == "HTTP/1.0" and not self._disconnect_on_finish:

@@ -255,3 +255,16 @@ async def test_the_stream_lane_refuses_a_bad_query_token_with_a_json_401(server)
     assert json.loads(client.body_bytes)["error"]["code"] == "invalid_token"
     assert client.headers["WWW-Authenticate"].startswith("Bearer")
     client.close()
+
+
+async def test_an_answer_before_the_body_is_in_says_connection_close(server):
+    # An unknown path is refused before its body is read: the client is
+    # told that this connection ends with the answer.
+    raw = await Raw.open(server)
+    await raw.send(post_head(server, 100, path="/api/v1/nowhere") + b"0123456789")
+    status, headers, body = await raw.response()
+    assert_error_body(status, body, 404, "not_found")
+    assert headers["Connection"] == "close"
+    await raw.send(b"x" * 90)  # the rest of the body is drained, then the connection ends
+    assert await read_until_closed(raw) == b""
+    await raw.close()
