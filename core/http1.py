@@ -41,6 +41,8 @@ from tornado import httputil, netutil
 from tornado.iostream import StreamClosedError
 from tornado.ioloop import IOLoop, PeriodicCallback
 
+from core.sockwriter import send_queued
+
 log = logging.getLogger("notify.http1")
 
 #: Bytes read from a socket at once (into one buffer shared by every connection).
@@ -56,7 +58,8 @@ HIGH_WATER = 64 * 1024
 LINGER_SECONDS = 5.0
 LINGER_BYTES = 64 * 1024 * 1024
 
-_REASONS = {code: httputil.responses.get(code, "Unknown") for code in range(100, 600)}
+#: Reason phrases by status code.
+REASONS = {code: httputil.responses.get(code, "Unknown") for code in range(100, 600)}
 _CONTINUE = b"HTTP/1.1 100 (Continue)\r\n\r\n"
 _DISCONNECT = (errno.ECONNRESET, errno.ECONNABORTED, errno.EPIPE, errno.ETIMEDOUT, errno.ENOTCONN)
 
@@ -491,7 +494,7 @@ class Connection(httputil.HTTPConnection):
             self._expected_remaining = int(headers["Content-Length"])
         else:
             self._expected_remaining = None
-        lines = ["HTTP/1.1 %d %s" % (code, start_line.reason or _REASONS.get(code, "Unknown"))]
+        lines = ["HTTP/1.1 %d %s" % (code, start_line.reason or REASONS.get(code, "Unknown"))]
         lines.extend("%s: %s" % pair for pair in headers.get_all())
         head = "\r\n".join(lines)
         if "\n" in head.replace("\r\n", "") or "\r" in head.replace("\r\n", ""):
@@ -572,11 +575,10 @@ class Connection(httputil.HTTPConnection):
 
     def _write(self, data: bytes) -> Any:
         self._send(data)
-        future = self._loop.create_future()
         if self._closed:
-            future.set_exception(StreamClosedError())
-            future.exception()
-        elif not self._out:
+            return self._closed_future()
+        future = self._loop.create_future()
+        if not self._out:
             # All of it is with the kernel already (the usual case).
             future.set_result(None)
         else:
@@ -615,21 +617,13 @@ class Connection(httputil.HTTPConnection):
         sock = self._sock
         if sock is None:
             return
-        out = self._out
-        while out:
-            head = out[0]
-            try:
-                sent = sock.send(head)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError:
-                self.close()
-                return
-            self._out_size -= sent
-            if sent < len(head):
-                out[0] = head[sent:]
-                return
-            out.popleft()
+        try:
+            self._out_size -= send_queued(sock, self._out)
+        except OSError:
+            self.close()
+            return
+        if self._out:
+            return
         self._writing = False
         self._loop.remove_writer(self._fd)
         waiters, self._drain_waiters = self._drain_waiters, []
@@ -760,10 +754,6 @@ class HTTP1Server:
         for sock in sockets:
             remove = netutil.add_accept_handler(sock, self._accepted)
             self._listeners[sock.fileno()] = (sock, remove)
-
-    def listen(self, port: int, address: str = "") -> None:
-        """Bind and accept on ``address:port``."""
-        self.add_sockets(netutil.bind_sockets(port, address))
 
     def _accepted(self, sock: socket.socket, address: Any) -> None:
         sock.setblocking(False)

@@ -44,6 +44,29 @@ TERMINATOR = b"0\r\n\r\n"
 MIN_SEND_BUFFER = 16 * 1024
 
 
+def send_queued(sock: socket.socket, queue: "collections.deque[memoryview]") -> int:
+    """Send ``queue``'s views in order, as far as the kernel takes them now.
+
+    What is sent leaves the queue (a view partly sent is cut to the rest).
+
+    :returns: the bytes sent.
+    :raises OSError: the connection failed.
+    """
+    total = 0
+    while queue:
+        head = queue[0]
+        try:
+            sent = sock.send(head)
+        except (BlockingIOError, InterruptedError):
+            break
+        total += sent
+        if sent < len(head):
+            queue[0] = head[sent:]
+            break
+        queue.popleft()
+    return total
+
+
 class SocketWriter:
     """Writes a detached event stream's frames straight to its socket.
 
@@ -152,20 +175,13 @@ class SocketWriter:
         pending, sock = self._pending, self._sock
         if pending is None or sock is None:
             return
-        while pending:
-            head = pending[0]
-            try:
-                sent = sock.send(head)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError:
-                self.close()
-                return
-            self._pending_size -= sent
-            if sent < len(head):
-                pending[0] = head[sent:]
-                return
-            pending.popleft()
+        try:
+            self._pending_size -= send_queued(sock, pending)
+        except OSError:
+            self.close()
+            return
+        if pending:
+            return
         self._pending = None
         self._loop.remove_writer(self._fd)
         if self._closing:

@@ -44,6 +44,7 @@ from tornado import httputil
 from tornado.iostream import StreamClosedError
 
 from core.auth import require_creator
+from core.http1 import REASONS
 from core.connections import Device
 from core.validation import check_user_id, parse_json_body, validate_notification
 from handlers.base import (
@@ -65,7 +66,6 @@ from handlers.stream import STREAM_HEADERS, hand_over, hello, plan_stream
 PUBLISH_PATH = re.compile(r"/api/v1/users/([^/]+)/notifications\Z")
 STREAM_PATH = re.compile(r"/api/v1/users/([^/]+)/notifications/stream\Z")
 
-_REASONS = {status: httputil.responses.get(status, "Unknown") for status in range(100, 600)}
 
 
 def fast_publish_user(start_line: httputil.RequestStartLine, headers: httputil.HTTPHeaders, max_header_bytes: int,
@@ -134,6 +134,9 @@ def fast_stream_request(start_line: httputil.RequestStartLine, headers: httputil
 class _Lane(httputil.HTTPMessageDelegate):
     """A request served straight on its connection (see the module's docstring).
 
+    A lane is one of the subclasses, which serve their request in their
+    coroutine ``_serve`` (started by :meth:`finish`).
+
     :param deps: the application's dependencies.
     :param connection: the request's HTTP/1.1 connection.
     :param start_line: its request line.
@@ -165,9 +168,6 @@ class _Lane(httputil.HTTPMessageDelegate):
         """The client left before its request was in: nothing will answer it."""
         self._stop_counting()
 
-    async def _serve(self) -> None:
-        raise NotImplementedError
-
     def _stop_counting(self) -> None:
         if self._inflight is not None:
             self._inflight.count -= 1
@@ -195,7 +195,7 @@ class _Lane(httputil.HTTPMessageDelegate):
         body = text.encode("utf-8")
         response["Content-Length"] = str(len(body))
         self._connection.write_headers(
-            httputil.ResponseStartLine("HTTP/1.1", status, _REASONS[status]), httputil.HTTPHeaders(response), body)
+            httputil.ResponseStartLine("HTTP/1.1", status, REASONS[status]), httputil.HTTPHeaders(response), body)
         self._connection.finish()
         self._stop_counting()
         self._log(status)
