@@ -214,8 +214,10 @@ class NotifyApp(tornado.web.Application):
         await self.service.prune()
         self._prune = PeriodicCallback(self._run_prune, PRUNE_EVERY * 1000)
         self._prune.start()
-        self._checkpoint = PeriodicCallback(self._run_checkpoint, CHECKPOINT_EVERY * 1000)
-        self._checkpoint.start()
+        if self.config.db_url.startswith("sqlite:///") and not is_memory(self.config.db_url):
+            # Only a SQLite file has a write-ahead log to fold back.
+            self._checkpoint = PeriodicCallback(self._run_checkpoint, CHECKPOINT_EVERY * 1000)
+            self._checkpoint.start()
 
     def _resync(self) -> None:
         """After the broker lost messages: catch every open stream up."""

@@ -168,9 +168,12 @@ class NotificationService:
         on_commit: Callable[[Any], None] | None = None,
         bulk: Callable[[list[tuple]], list[Any]] | None = None,
         one_statement: bool = False,
+        weight: int = 1,
     ) -> Any:
         try:
-            return await self.runner.write(fn, *args, on_commit=on_commit, bulk=bulk, one_statement=one_statement)
+            return await self.runner.write(
+                fn, *args, on_commit=on_commit, bulk=bulk, one_statement=one_statement, weight=weight
+            )
         except StorageUnavailable as exc:
             raise Unavailable("the database is unavailable, try again shortly", code="database_unavailable") from exc
 
@@ -325,7 +328,7 @@ class NotificationService:
             cursors = queries.log_event_for_users(user_ids, name, payload, now)
             return [StreamMessage(user_id, cursor, name, payload) for user_id, cursor in zip(user_ids, cursors)]
 
-        messages = await self._write(store, on_commit=self._emit(EVENT_PUBLISHED))
+        messages = await self._write(store, on_commit=self._emit(EVENT_PUBLISHED), weight=len(user_ids))
         return len(messages)
 
     # -- replay ------------------------------------------------------------
@@ -501,8 +504,19 @@ class NotificationService:
         return removed
 
     async def checkpoint(self) -> None:
-        """Fold SQLite's write-ahead log into the database file (off the writer)."""
-        await self._read(queries.checkpoint)
+        """Fold SQLite's write-ahead log into the database file.
+
+        Twice: most of it on the low-priority upkeep thread, alongside the
+        writer; that one never completes under a steady stream of commits
+        (new ones keep arriving while it copies), so the log would only
+        grow.  Then the rest between two of the writer's batches, which is
+        short and completes, so the next commit starts the log over.
+        """
+        try:
+            await self.runner.upkeep(queries.checkpoint)
+            await self.runner.write(queries.checkpoint, bare=True)
+        except StorageUnavailable as exc:
+            raise Unavailable("the database is unavailable, try again shortly", code="database_unavailable") from exc
 
     async def check_database(self) -> bool:
         """Whether the database answers a trivial query."""

@@ -298,19 +298,24 @@ def log_event_for_users(user_ids: list[str], name: str, data: str, now_ms: int) 
     # Within SQLite's limit of 32,766 variables per statement.
     for start in range(0, len(user_ids), 10_000):
         part = user_ids[start:start + 10_000]
-        sql = _SQLITE_NEXT_CURSORS % ", ".join(["(?, 1)"] * len(part))
-        taken.update(cursor.execute(sql, part).fetchall())
-    cursors = [taken[user_id] for user_id in user_ids]
-    cursor.executemany(_SQLITE_INSERT_NAMED_EVENT, [(user_id, c, name, data, now_ms) for user_id, c in zip(user_ids, cursors)])
-    return cursors
+        marks = ", ".join(["?"] * len(part))
+        taken.update(cursor.execute(_SQLITE_NEXT_CURSORS % ", ".join(["(?, 1)"] * len(part)), part).fetchall())
+        # The rows come from the cursors just taken, in one statement: SQLite
+        # writes them without handing the GIL back and forth per row, as
+        # executemany would while the loop is busy sending this very event.
+        cursor.execute(_SQLITE_LOG_FROM_CURSORS % marks, (name, data, now_ms, *part))
+    return [taken[user_id] for user_id in user_ids]
 
 
 _SQLITE_NEXT_CURSORS = (
     'INSERT INTO "user_cursors" ("user_id", "last") VALUES %s'
     ' ON CONFLICT ("user_id") DO UPDATE SET "last" = "user_cursors"."last" + 1 RETURNING "user_id", "last"'
 )
-_SQLITE_INSERT_NAMED_EVENT = (
-    'INSERT INTO "stream_events" ("user_id", "cursor", "name", "data", "created_at") VALUES (?, ?, ?, ?, ?)'
+# Within the writer's transaction, right after _SQLITE_NEXT_CURSORS: each
+# user's "last" is the cursor that statement took for this event.
+_SQLITE_LOG_FROM_CURSORS = (
+    'INSERT INTO "stream_events" ("user_id", "cursor", "name", "data", "created_at")'
+    ' SELECT "user_id", "last", ?, ?, ? FROM "user_cursors" WHERE "user_id" IN (%s)'
 )
 # Cursor rows are locked in user order, so two such statements (from two
 # processes) cannot deadlock each other.
@@ -405,8 +410,10 @@ def prune_tickets(now_ms: int) -> int:
 def checkpoint() -> None:
     """Copy SQLite's write-ahead log back into the database file.
 
-    PASSIVE never waits for, or blocks, the writer; run periodically off the
-    writer thread so that commits never pay for it.  Nothing on PostgreSQL.
+    PASSIVE never waits for, or blocks, the writer.  Run periodically twice
+    (``NotificationService.checkpoint``): on the upkeep thread alongside the
+    writer, then on the writer between two batches, which completes it so
+    that the next commit starts the log over.  Nothing on PostgreSQL.
     """
     if isinstance(database.obj, SqliteDatabase) and database.obj.database != ":memory:":
         database.execute_sql("PRAGMA wal_checkpoint(PASSIVE)")

@@ -237,8 +237,8 @@ def open_database(url: str) -> Database:
             pragmas.update({"journal_mode": "wal", "synchronous": "normal"})
             # No connection checkpoints on its own: SQLite would do it inside
             # the commit that crosses 1000 pages, fsyncs included, delaying
-            # every publish in that batch.  checkpoint() runs it from a
-            # reader thread instead (see queries.checkpoint).
+            # every publish in that batch.  The server runs it on a timer
+            # instead (see queries.checkpoint).
             pragmas["wal_autocheckpoint"] = 0
         return SqliteDatabase(path, pragmas=pragmas, check_same_thread=False)
     if url.startswith(("postgresql://", "postgres://")):

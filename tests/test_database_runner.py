@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 import threading
 
 import pytest
@@ -209,3 +210,85 @@ async def test_a_batch_of_creates_is_one_statement_on_postgresql_and_one_transac
         assert 1 <= len(begins) <= 10
     status, _, body, _ = await server.request("GET", "/api/v1/users/alice/notifications?limit=100", as_user="alice")
     assert status == 200 and len(body["items"]) == 10
+
+
+async def test_a_heavy_job_commits_without_waiting_for_the_jobs_queued_after_it(server):
+    # A batch holds at most MAX_BATCH rows of work: an event for 200 users
+    # commits (and is delivered) before the next one is written.
+    runner = server.app.runner
+    started, release = threading.Event(), threading.Event()
+    blocked = runner.write(_blocking_job, started, release)
+    await _wait_threading_event(started)
+
+    def batches_done_before(label: str) -> tuple[str, int]:
+        # Runs on the writer: the jobs of one batch see the same count.
+        return label, runner.batches
+
+    futures = [
+        runner.write(batches_done_before, "heavy-1", weight=200),
+        runner.write(batches_done_before, "heavy-2", weight=200),
+        runner.write(batches_done_before, "light"),
+    ]
+    release.set()
+    await blocked
+    (_, first), (_, second), (_, third) = await asyncio.gather(*futures)
+    # heavy-1 alone, then heavy-2 with the light job.
+    assert second == first + 1
+    assert third == second
+
+async def test_a_bare_job_runs_alone_and_outside_a_transaction(server):
+    runner = server.app.runner
+    started, release = threading.Event(), threading.Event()
+    blocked = runner.write(_blocking_job, started, release)
+    await _wait_threading_event(started)
+    batches_before = runner.batches
+    before = runner.write(_double, 1)
+    bare = runner.write(lambda: runner.db.in_transaction(), bare=True)
+    after = runner.write(_double, 2)
+    release.set()
+    await blocked
+    assert await before == 2 and await after == 4
+    assert await bare is False
+    assert runner.batches - batches_before == 4
+
+
+def _thread_and_niceness() -> tuple[str, int]:
+    import os
+
+    return threading.current_thread().name, os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread niceness is Linux's")
+async def test_upkeep_runs_on_its_own_thread_at_the_lowest_priority(server):
+    name, niceness = await server.app.runner.upkeep(_thread_and_niceness)
+    assert name.startswith("db-upkeep")
+    assert niceness == 19
+
+
+async def test_a_checkpoint_lets_the_write_ahead_log_start_over_even_when_the_upkeep_pass_cannot(
+    make_server, tmp_path, monkeypatch
+):
+    # Under a steady stream of commits the upkeep thread's checkpoint never
+    # completes (new frames keep arriving), and SQLite starts the log over
+    # only after a complete one: without the writer's own pass the log
+    # would grow for as long as the load lasts.  Simulated here by an
+    # upkeep pass that does nothing.
+    server = await make_server(db_url=f"sqlite:///{tmp_path}/wal.db")
+    runner = server.app.runner
+
+    async def no_upkeep(fn, *args):
+        return None
+
+    monkeypatch.setattr(runner, "upkeep", no_upkeep)
+    wal = tmp_path / "wal.db-wal"
+    for i in range(30):
+        await server.notify("alice", f"n{i}")
+    await server.app.service.checkpoint()
+    size_before = wal.stat().st_size
+    # The file keeps its size; a log that started over is written from
+    # its beginning again instead of growing.
+    for i in range(30):
+        await server.notify("alice", f"m{i}")
+    assert wal.stat().st_size <= size_before
+    listed = await server.request("GET", "/api/v1/users/alice/notifications?limit=100", as_user="alice")
+    assert len(listed[2]["items"]) == 60
