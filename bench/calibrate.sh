@@ -14,8 +14,7 @@
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
-root=$(dirname "$here")
-py=$root/.venv/bin/python
+. "$here/lib.sh"
 concurrency=64
 duration=8
 port=8899
@@ -30,16 +29,7 @@ while (($#)); do
     shift
 done
 
-if curl -fsS --max-time 1 "http://127.0.0.1:$port/health" >/dev/null 2>&1; then
-    echo "something already answers on port $port; stop it or pass --port" >&2
-    exit 1
-fi
-server_pin=()
-client_pin=()
-if command -v taskset >/dev/null && (($(nproc) >= 2)); then
-    server_pin=(taskset -c 0)
-    client_pin=(taskset -c 1)
-fi
+refuse_taken_port "$port"
 out=$here/results/calibrate-$(date +%Y%m%d-%H%M%S)
 mkdir -p "$out"
 secret=$("$py" -c 'import secrets; print(secrets.token_hex(32))')
@@ -59,22 +49,13 @@ for entry in "${servers[@]}"; do
     name=${entry%%|*}
     read -r -a cmd <<<"${entry#*|}"
     rm -f "$out/calib.db"*
-    (
-        ulimit -n 20000
-        cd "$root"
-        exec "${server_pin[@]}" "$py" "${cmd[@]}" --port "$port" --db-url "sqlite:///$out/calib.db" \
-            --jwt-secret "$secret" --keepalive-interval 3600
-    ) >"$out/$name.log" 2>&1 &
-    pid=$!
-    for _ in $(seq 100); do
-        curl -fsS --max-time 1 "http://127.0.0.1:$port/health" >/dev/null 2>&1 && break
-        sleep 0.1
-    done
+    start_server "$out/$name.log" "$py" "${cmd[@]}" --port "$port" --db-url "sqlite:///$out/calib.db" \
+        --jwt-secret "$secret" --keepalive-interval 3600
+    wait_healthy "$port" "$out/$name.log"
     (cd "$root" && "${client_pin[@]}" "$py" bench/loadgen.py create --port "$port" --jwt-secret "$secret" \
-        --server-pid "$pid" --streams 0 --create-concurrency "$concurrency" --duration "$duration" \
+        --server-pid "$server_pid" --streams 0 --create-concurrency "$concurrency" --duration "$duration" \
         --json "$out/$name.json" >"$out/$name.out" 2>&1) || echo "$name: load generator failed (see $out/$name.out)" >&2
-    kill -TERM "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
+    stop_server >/dev/null
 done
 
 "$py" - "$out" "${servers[@]%%|*}" <<'PY'

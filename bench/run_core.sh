@@ -16,8 +16,7 @@
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
-root=$(dirname "$here")
-py=$root/.venv/bin/python
+. "$here/lib.sh"
 streams=10000
 duration=20
 rate=200
@@ -36,12 +35,7 @@ while (($#)); do
     shift
 done
 
-health=http://127.0.0.1:$port/health
-if curl -fsS --max-time 1 "$health" >/dev/null 2>&1; then
-    echo "something already answers on port $port; stop it or pass --port" >&2
-    exit 1
-fi
-
+refuse_taken_port "$port"
 if [[ $target == server ]]; then
     [[ -f $root/server.py ]] || { echo "no $root/server.py yet; try --floor" >&2; exit 1; }
     server_cmd=("$py" server.py)
@@ -49,61 +43,19 @@ else
     server_cmd=("$py" bench/floor.py)
 fi
 
-# Same placement as the earlier measurements: server on CPU 0, load on CPU 1,
-# so neither steals the other's core.
-server_pin=()
-client_pin=()
-if command -v taskset >/dev/null && (($(nproc) >= 2)); then
-    server_pin=(taskset -c 0)
-    client_pin=(taskset -c 1)
-fi
-
 tmp=$(mktemp -d)
 secret=$("$py" -c 'import secrets; print(secrets.token_hex(32))')
 mkdir -p "$here/results"
 out=$here/results/core-$target-$(date +%Y%m%d-%H%M%S).json
 
-# exec keeps the pid: $! is the server process itself, which --server-pid reads.
-(
-    ulimit -n 20000
-    cd "$root"
-    exec "${server_pin[@]}" "${server_cmd[@]}" --port "$port" \
-        --db-url "sqlite:///$tmp/bench.db" --jwt-secret "$secret" \
-        --keepalive-interval 3600 "${extra[@]}"
-) >"$tmp/server.log" 2>&1 &
-server_pid=$!
-
-stop_server() {
-    kill -0 "$server_pid" 2>/dev/null || return 0
-    kill -TERM "$server_pid"
-    local started=$SECONDS
-    while kill -0 "$server_pid" 2>/dev/null && ((SECONDS - started < 15)); do
-        sleep 0.1
-    done
-    if kill -0 "$server_pid" 2>/dev/null; then
-        echo "server still running 15 s after SIGTERM; killing it" >&2
-        kill -KILL "$server_pid"
-    fi
-    local rc=0
-    wait "$server_pid" || rc=$?
-    echo "server stopped: exit $rc, $((SECONDS - started)) s after SIGTERM"
-}
+start_server "$tmp/server.log" "${server_cmd[@]}" --port "$port" \
+    --db-url "sqlite:///$tmp/bench.db" --jwt-secret "$secret" --keepalive-interval 3600 "${extra[@]}"
 cleanup() {
     stop_server
     rm -rf "$tmp"
 }
 trap cleanup EXIT
-
-for _ in $(seq 150); do
-    curl -fsS --max-time 1 "$health" >/dev/null 2>&1 && break
-    if ! kill -0 "$server_pid" 2>/dev/null; then
-        echo "server exited during start-up; its log:" >&2
-        tail -n 40 "$tmp/server.log" >&2
-        exit 1
-    fi
-    sleep 0.2
-done
-curl -fsS --max-time 1 "$health" >/dev/null || { echo "no /health after 30 s" >&2; tail -n 40 "$tmp/server.log" >&2; exit 1; }
+wait_healthy "$port" "$tmp/server.log"
 echo "$target pid $server_pid on 127.0.0.1:$port; $streams streams, $rate/s for $duration s"
 
 rc=0
@@ -113,9 +65,7 @@ rc=0
 
 trap - EXIT
 stop_server
-tracebacks=$(grep -c Traceback "$tmp/server.log" || true)
-echo "server log: $(wc -l <"$tmp/server.log") lines, $tracebacks tracebacks"
-((tracebacks == 0)) || grep -m1 -A 20 Traceback "$tmp/server.log"
+count_tracebacks "$tmp/server.log" || true
 rm -rf "$tmp"
 echo "results: $out"
 exit "$rc"

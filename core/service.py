@@ -129,6 +129,14 @@ def new_notification_id() -> str:
     return "ntf_" + random_hex(10)
 
 
+async def _available(pending: "asyncio.Future[Any]") -> Any:
+    """Await a database job; the database being out of reach becomes a 503."""
+    try:
+        return await pending
+    except StorageUnavailable as exc:
+        raise Unavailable("the database is unavailable, try again shortly", code="database_unavailable") from exc
+
+
 class NotificationService:
     """The product's use cases over the store, the bus and the tokens.
 
@@ -156,26 +164,11 @@ class NotificationService:
         self._clock = clock
 
     async def _read(self, fn: Callable[..., Any], *args: Any) -> Any:
-        try:
-            return await self.runner.read(fn, *args)
-        except StorageUnavailable as exc:
-            raise Unavailable("the database is unavailable, try again shortly", code="database_unavailable") from exc
+        return await _available(self.runner.read(fn, *args))
 
-    async def _write(
-        self,
-        fn: Callable[..., Any],
-        *args: Any,
-        on_commit: Callable[[Any], None] | None = None,
-        bulk: Callable[[list[tuple]], list[Any]] | None = None,
-        one_statement: bool = False,
-        weight: int = 1,
-    ) -> Any:
-        try:
-            return await self.runner.write(
-                fn, *args, on_commit=on_commit, bulk=bulk, one_statement=one_statement, weight=weight
-            )
-        except StorageUnavailable as exc:
-            raise Unavailable("the database is unavailable, try again shortly", code="database_unavailable") from exc
+    async def _write(self, fn: Callable[..., Any], *args: Any, **options: Any) -> Any:
+        # options: those of DatabaseRunner.write (on_commit, bulk, ...).
+        return await _available(self.runner.write(fn, *args, **options))
 
     def _now_ms(self) -> int:
         return int(self._clock() * 1000)
@@ -328,7 +321,9 @@ class NotificationService:
             cursors = queries.log_event_for_users(user_ids, name, payload, now)
             return [StreamMessage(user_id, cursor, name, payload) for user_id, cursor in zip(user_ids, cursors)]
 
-        messages = await self._write(store, on_commit=self._emit(EVENT_PUBLISHED), weight=len(user_ids))
+        # One statement on PostgreSQL; its weight commits it alone.
+        messages = await self._write(store, on_commit=self._emit(EVENT_PUBLISHED), weight=len(user_ids),
+                                     one_statement=True)
         return len(messages)
 
     # -- replay ------------------------------------------------------------
@@ -512,11 +507,8 @@ class NotificationService:
         grow.  Then the rest between two of the writer's batches, which is
         short and completes, so the next commit starts the log over.
         """
-        try:
-            await self.runner.upkeep(queries.checkpoint)
-            await self.runner.write(queries.checkpoint, bare=True)
-        except StorageUnavailable as exc:
-            raise Unavailable("the database is unavailable, try again shortly", code="database_unavailable") from exc
+        await _available(self.runner.upkeep(queries.checkpoint))
+        await self._write(queries.checkpoint, bare=True)
 
     async def check_database(self) -> bool:
         """Whether the database answers a trivial query."""

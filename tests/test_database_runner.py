@@ -292,3 +292,28 @@ async def test_a_checkpoint_lets_the_write_ahead_log_start_over_even_when_the_up
     assert wal.stat().st_size <= size_before
     listed = await server.request("GET", "/api/v1/users/alice/notifications?limit=100", as_user="alice")
     assert len(listed[2]["items"]) == 60
+
+
+async def test_an_event_for_many_users_is_one_statement_on_postgresql_and_one_transaction_on_sqlite(
+    server, monkeypatch
+):
+    runner = server.app.runner
+    begins = []
+    real_begin = runner.db.begin
+
+    def counting_begin(*args, **kwargs):
+        begins.append(threading.current_thread().name)
+        return real_begin(*args, **kwargs)
+
+    monkeypatch.setattr(runner.db, "begin", counting_begin)
+    users = [f"user-{i}" for i in range(300)]
+    status, _, body, raw = await server.request(
+        "POST", "/api/v1/events", {"event": "quickcheck.completed", "userIds": users}, as_user="svc", role="publisher"
+    )
+    assert status == 202, raw
+    assert body == {"published": 300}
+    assert begins == ([] if TEST_DB == "postgresql" else ["db-writer"])
+    # Every user's log has the event, at that user's first cursor.
+    for user_id in (users[0], users[-1]):
+        rows = await runner.read(queries.events_after, user_id, 0, 10)
+        assert [(cursor, name) for cursor, name, _ in rows] == [(1, "quickcheck.completed")]
