@@ -301,6 +301,13 @@ def summarise(runs, plan, mode):
     csrv, cflr = by.get(("server", "create")), by.get(("floor", "create"))
     add("create_rate", "create: stored/s (best step)", _get(csrv, "create", "stored_per_s"),
         _get(cflr, "create", "stored_per_s"), ".0f")
+    # No target: the floor's figure is how fast this machine is, the one to
+    # compare when two runs (two machines, two days) disagree.
+    rows.append({"key": "create_cpu", "metric": "create: server CPU us/request (floor: this machine's speed)",
+                 "server": _get(csrv, "create", "server_cpu_us_per_create"),
+                 "floor": _get(cflr, "create", "server_cpu_us_per_create"), "target": "", "pass": None,
+                 "fmt": ".0f"})
+    rows[-1]["ratio"] = _ratio(rows[-1]["server"], rows[-1]["floor"])
     lag = _get(csrv, "create", "loop_lag") or {}
     lag_le = lag.get("p99_le_ms")
     add("create_lag_p99", "create: IOLoop lag p99 ms (bucket bound)", lag_le, None, "g",

@@ -106,6 +106,7 @@ class DatabaseRunner:
         self._reads: list[tuple[Callable[..., Any], tuple, "asyncio.Future[Any]"]] = []
         self.batches = 0
         self.jobs = 0
+        self._closed = False
         self._writer.start()
 
     def write(
@@ -143,6 +144,11 @@ class DatabaseRunner:
         :returns: a future of ``fn``'s result (or its exception).
         """
         future = self.loop.create_future()
+        if self._closed:
+            # Nothing would ever take it off the queue (a timer's job in
+            # flight at shutdown): fail it rather than leave it pending.
+            future.set_exception(StorageUnavailable("the database runner is closed"))
+            return future
         self._queue.put(_Job(fn, args, future, on_commit, bulk, one_statement, weight, bare))
         return future
 
@@ -172,7 +178,12 @@ class DatabaseRunner:
         """
         if self._upkeep is None:
             return self.write(fn, *args)
-        return asyncio.wrap_future(self._upkeep.submit(self._read, fn, args), loop=self.loop)
+        try:
+            return asyncio.wrap_future(self._upkeep.submit(self._read, fn, args), loop=self.loop)
+        except RuntimeError:  # the pool is shut down: the runner is closing
+            future = self.loop.create_future()
+            future.set_exception(StorageUnavailable("the database runner is closed"))
+            return future
 
     def _start_upkeep_thread(self) -> None:
         database.bind_thread(self.db)
@@ -226,6 +237,7 @@ class DatabaseRunner:
 
     def close(self) -> None:
         """Finish queued writes, then stop the threads and close connections."""
+        self._closed = True
         self._queue.put(_STOP)
         self._writer.join(timeout=10)
         for pool in (self._readers, self._upkeep):

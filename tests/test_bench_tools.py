@@ -163,3 +163,17 @@ async def test_soak_churns_streams_and_finds_the_stats_back_at_zero(server, tmp_
     assert len(soak["samples"]) >= 4 and all(sample["rss_kb"] for sample in soak["samples"])
     assert soak["drift_pct"] is not None
     assert soak["publishes_201"] >= 4
+
+
+def test_the_bench_table_shows_the_floors_cpu_per_create_as_the_machines_speed():
+    from bench.runner import PLANS, summarise
+
+    def create_run(kind: str, stored: float, cpu_us: float) -> dict[str, Any]:
+        return {"label": "create-" + kind, "kind": kind, "exit": 0,
+                "result": {"create": {"stored_per_s": stored, "server_cpu_us_per_create": cpu_us}}}
+
+    rows, _ = summarise([create_run("server", 9000.0, 105.0), create_run("floor", 50000.0, 21.0)],
+                        dict(PLANS["quick"]), "quick")
+    row = next(row for row in rows if row["key"] == "create_cpu")
+    assert (row["server"], row["floor"], row["pass"]) == (105.0, 21.0, None)
+    assert round(row["ratio"], 2) == 5.0

@@ -317,3 +317,17 @@ async def test_an_event_for_many_users_is_one_statement_on_postgresql_and_one_tr
     for user_id in (users[0], users[-1]):
         rows = await runner.read(queries.events_after, user_id, 0, 10)
         assert [(cursor, name) for cursor, name, _ in rows] == [(1, "quickcheck.completed")]
+
+
+async def test_jobs_asked_for_after_close_fail_at_once_instead_of_waiting_forever(tmp_path):
+    # A timer's checkpoint can still be on its way when the server closes
+    # the runner: its next step must fail, not hang on a stopped writer.
+    from models.runner import DatabaseRunner, StorageUnavailable
+    from models.tables import open_database
+
+    runner = DatabaseRunner(open_database(f"sqlite:///{tmp_path}/closed.db"), asyncio.get_running_loop(), readers=1)
+    assert await runner.write(_double, 2) == 4
+    await asyncio.get_running_loop().run_in_executor(None, runner.close)
+    for pending in (runner.write(_double, 3), runner.upkeep(_double, 4)):
+        with pytest.raises(StorageUnavailable):
+            await asyncio.wait_for(pending, 5)
