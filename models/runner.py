@@ -31,6 +31,8 @@ log = logging.getLogger("notify.db")
 MAX_BATCH = 256
 
 _STOP = object()
+#: Why a job asked for after close() fails.
+_CLOSED = "the database runner is closed"
 
 
 class StorageUnavailable(Exception):
@@ -143,12 +145,11 @@ class DatabaseRunner:
             transaction (SQLite's checkpoint, which cannot run inside one).
         :returns: a future of ``fn``'s result (or its exception).
         """
-        future = self.loop.create_future()
         if self._closed:
             # Nothing would ever take it off the queue (a timer's job in
             # flight at shutdown): fail it rather than leave it pending.
-            future.set_exception(StorageUnavailable("the database runner is closed"))
-            return future
+            return self._refused()
+        future = self.loop.create_future()
         self._queue.put(_Job(fn, args, future, on_commit, bulk, one_statement, weight, bare))
         return future
 
@@ -181,9 +182,13 @@ class DatabaseRunner:
         try:
             return asyncio.wrap_future(self._upkeep.submit(self._read, fn, args), loop=self.loop)
         except RuntimeError:  # the pool is shut down: the runner is closing
-            future = self.loop.create_future()
-            future.set_exception(StorageUnavailable("the database runner is closed"))
-            return future
+            return self._refused()
+
+    def _refused(self) -> "asyncio.Future[Any]":
+        """A future failed as every job asked for after :meth:`close` is."""
+        future = self.loop.create_future()
+        future.set_exception(StorageUnavailable(_CLOSED))
+        return future
 
     def _start_upkeep_thread(self) -> None:
         database.bind_thread(self.db)
@@ -204,7 +209,7 @@ class DatabaseRunner:
             except RuntimeError:  # the pool is shut down: the runner is closing
                 for _, _, future in share:
                     if not future.done():
-                        future.set_exception(StorageUnavailable("the database runner is closed"))
+                        future.set_exception(StorageUnavailable(_CLOSED))
 
     def _read_share(self, share: list[tuple[Callable[..., Any], tuple, "asyncio.Future[Any]"]]) -> None:
         outcomes: list[tuple[bool, Any]] = []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 import threading
 
@@ -189,12 +190,9 @@ async def test_a_failing_read_fails_alone_among_reads_asked_together(server):
     assert isinstance(results[1], ValueError)
 
 
-async def test_a_batch_of_creates_is_one_statement_on_postgresql_and_one_transaction_on_sqlite(server, monkeypatch):
-    # On PostgreSQL a run of creates is a single statement, atomic by
-    # itself: no BEGIN/COMMIT round trips around it.  SQLite's three
-    # statements per create need their transaction.
-    runner = server.app.runner
-    begins = []
+def count_begins(runner, monkeypatch) -> list[str]:
+    """The names of the threads that begin a transaction from now on."""
+    begins: list[str] = []
     real_begin = runner.db.begin
 
     def counting_begin(*args, **kwargs):
@@ -202,6 +200,15 @@ async def test_a_batch_of_creates_is_one_statement_on_postgresql_and_one_transac
         return real_begin(*args, **kwargs)
 
     monkeypatch.setattr(runner.db, "begin", counting_begin)
+    return begins
+
+
+async def test_a_batch_of_creates_is_one_statement_on_postgresql_and_one_transaction_on_sqlite(server, monkeypatch):
+    # On PostgreSQL a run of creates is a single statement, atomic by
+    # itself: no BEGIN/COMMIT round trips around it.  SQLite's three
+    # statements per create need their transaction.
+    runner = server.app.runner
+    begins = count_begins(runner, monkeypatch)
     created = await asyncio.gather(*(server.notify("alice", f"n{i}") for i in range(10)))
     assert len({note["notificationId"] for note in created}) == 10
     if TEST_DB == "postgresql":
@@ -253,8 +260,6 @@ async def test_a_bare_job_runs_alone_and_outside_a_transaction(server):
 
 
 def _thread_and_niceness() -> tuple[str, int]:
-    import os
-
     return threading.current_thread().name, os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
 
 
@@ -301,14 +306,7 @@ async def test_an_event_for_many_users_is_one_statement_on_postgresql_and_one_tr
     server, monkeypatch
 ):
     runner = server.app.runner
-    begins = []
-    real_begin = runner.db.begin
-
-    def counting_begin(*args, **kwargs):
-        begins.append(threading.current_thread().name)
-        return real_begin(*args, **kwargs)
-
-    monkeypatch.setattr(runner.db, "begin", counting_begin)
+    begins = count_begins(runner, monkeypatch)
     users = [f"user-{i}" for i in range(300)]
     status, _, body, raw = await server.request(
         "POST", "/api/v1/events", {"event": "quickcheck.completed", "userIds": users}, as_user="svc", role="publisher"
