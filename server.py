@@ -17,6 +17,7 @@ import secrets
 import signal
 import socket
 import sys
+import time
 from typing import Any, Callable, Sequence
 
 import tornado.netutil
@@ -30,10 +31,12 @@ from core.broker_redis import RedisBroker
 from core.config import Config, ConfigError, add_options, build_config, parse_origins
 from core.connections import ConnectionManager
 from core.cors import CorsPolicy
+from core.errors import Unavailable
 from core.event_bus import EventBus
-from core.http1 import HTTP1Server
+from core.http1 import HTTP1Server, HTTPCounters
 from core.looplag import LoopLagMonitor
 from core.metrics import Metrics
+from core.passwords import PasswordPool
 from core.ratelimit import RateLimiter
 from core.service import DOMAIN_EVENTS, NotificationService
 from core.supervisor import ChildLink, Supervisor
@@ -48,7 +51,7 @@ from handlers.api import (
     StreamTicketHandler,
     UnreadCountHandler,
 )
-from handlers.base import Deps, InFlight, NotFoundHandler, log_access
+from handlers.base import Deps, NotFoundHandler, log_access
 from handlers.fastlane import LaneSorter
 from handlers.monitoring import HealthHandler, MetricsHandler, SSEHealthHandler, StatsHandler
 from handlers.openapi import OpenAPIHandler
@@ -64,6 +67,8 @@ DEMO_PASSWORD = "demo"
 
 #: Seconds between retention runs.
 PRUNE_EVERY = 3600
+#: Seconds between deletes of expired stream tickets (which live 30 s).
+TICKET_PRUNE_EVERY = 60
 #: Seconds between SQLite write-ahead log checkpoints.
 CHECKPOINT_EVERY = 1
 #: Seconds shutdown waits for requests in flight before closing connections.
@@ -130,7 +135,7 @@ def load_tokens(config: Config) -> TokenService:
         except OSError as exc:
             raise StartupError(f"cannot read --jwt-public-key {config.jwt_public_key}: {exc.strerror}") from None
     try:
-        return TokenService(config.jwt_secret, pem)
+        return TokenService(config.jwt_secret, pem, audience=config.jwt_audience, issuer=config.jwt_issuer)
     except ValueError as exc:
         raise StartupError(f"--jwt-public-key: {exc}") from None
 
@@ -148,7 +153,10 @@ class NotifyApp(tornado.web.Application):
         self.runner = runner
         self.bus = bus
         self._prune: PeriodicCallback | None = None
+        self._prune_tickets: PeriodicCallback | None = None
         self._checkpoint: PeriodicCallback | None = None
+        self._checkpoint_logged = -60.0
+        self._stopping = False
         handler_args = {"deps": deps}
         user = r"/api/v1/users/([^/]+)/notifications"
         routes = [
@@ -214,6 +222,8 @@ class NotifyApp(tornado.web.Application):
         await self.service.prune()
         self._prune = PeriodicCallback(self._run_prune, PRUNE_EVERY * 1000)
         self._prune.start()
+        self._prune_tickets = PeriodicCallback(self._run_prune_tickets, TICKET_PRUNE_EVERY * 1000)
+        self._prune_tickets.start()
         if self.config.db_url.startswith("sqlite:///") and not is_memory(self.config.db_url):
             # Only a SQLite file has a write-ahead log to fold back.
             self._checkpoint = PeriodicCallback(self._run_checkpoint, CHECKPOINT_EVERY * 1000)
@@ -226,6 +236,16 @@ class NotifyApp(tornado.web.Application):
     async def _run_checkpoint(self) -> None:
         try:
             await self.service.checkpoint()
+        except Unavailable as exc:
+            if self._stopping:
+                return  # a pass in flight when the runner closed: nothing lost
+            # The database is out of reach (or the process out of
+            # descriptors): /health says so; one line a minute, not a
+            # traceback every second.
+            now = time.monotonic()
+            if now - self._checkpoint_logged >= 60.0:
+                self._checkpoint_logged = now
+                log.warning("write-ahead log checkpoint failed: %s", exc.__cause__ or exc)
         except Exception:
             log.warning("write-ahead log checkpoint failed", exc_info=True)
 
@@ -235,9 +255,20 @@ class NotifyApp(tornado.web.Application):
         except Exception:
             log.exception("retention run failed")
 
+    async def _run_prune_tickets(self) -> None:
+        try:
+            await self.service.prune_tickets()
+        except Unavailable:
+            # The database is out of reach (/health says so); the next run,
+            # a minute later, retries.  No traceback: nothing is wrong here.
+            log.warning("expired stream tickets could not be deleted: the database is unavailable")
+        except Exception:
+            log.exception("expired stream tickets could not be deleted")
+
     async def stop(self) -> None:
-        """End every stream cleanly and release the database and broker."""
-        for timer in (self._prune, self._checkpoint):
+        """End every stream cleanly and release the database, the broker and the password pool."""
+        self._stopping = True
+        for timer in (self._prune, self._prune_tickets, self._checkpoint):
             if timer is not None:
                 timer.stop()
         self.deps.loop_lag.stop()
@@ -246,6 +277,7 @@ class NotifyApp(tornado.web.Application):
         self.deps.manager.stop()
         await self.deps.broker.close()
         self.bus.clear()
+        self.service.passwords.close()
         await asyncio.get_running_loop().run_in_executor(None, self.runner.close)
 
 
@@ -266,13 +298,17 @@ def make_app(config: Config) -> NotifyApp:
     bus = EventBus()
     instance_id = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(2)}"
     manager = ConnectionManager(config.max_devices_per_user, config.keepalive_interval, instance_id)
-    service = NotificationService(runner, bus, tokens, history_days=config.history_days, token_ttl=config.token_ttl)
-    inflight = InFlight()
+    service = NotificationService(runner, bus, tokens, history_days=config.history_days, token_ttl=config.token_ttl,
+                                  passwords=PasswordPool())
+    http_counters = HTTPCounters()
     loop_lag = LoopLagMonitor()
     try:
         # An unreachable Redis is not fatal (the broker reports itself down
         # and keeps retrying); a URL that can never work is.
-        broker = RedisBroker(config.redis_url, instance_id) if config.redis_url else LocalBroker()
+        broker = (
+            RedisBroker(config.redis_url, instance_id, namespace=config.redis_namespace)
+            if config.redis_url else LocalBroker()
+        )
     except ValueError as exc:
         runner.close()
         raise StartupError(f"--redis-url: {exc}") from None
@@ -283,11 +319,12 @@ def make_app(config: Config) -> NotifyApp:
         tokens=tokens,
         broker=broker,
         instance_id=instance_id,
-        metrics=Metrics(manager, lambda: inflight.count, loop_lag),
-        inflight=inflight,
+        metrics=Metrics(manager, http_counters, loop_lag),
+        http_counters=http_counters,
         loop_lag=loop_lag,
         cors=CorsPolicy(parse_origins(config.cors_origins)),
         publish_limiter=RateLimiter(config.publish_rate, config.publish_burst) if config.publish_rate > 0 else None,
+        write_limiter=RateLimiter(config.write_rate, config.write_burst) if config.write_rate > 0 else None,
     )
     return NotifyApp(config, deps, runner, bus)
 
@@ -308,10 +345,13 @@ def make_http_server(app: NotifyApp) -> HTTP1Server:
     - Both are kept by one periodic sweep, not a timer per request.
     - ``max_header_size``: the handlers answer 431 over ``--max-header-kb``;
       a header block must be buffered before anyone can look at it, so past
-      twice that (at least 64 KiB) the connection is closed without an
-      answer.
+      twice that (at least 64 KiB) it is not read further: 431, and the
+      connection closes.
     - ``max_body_size`` applies only where a handler does not count the body
       itself (every route here does, see ``handlers.base``).
+    - ``--max-connections`` counts every open connection, event streams
+      (which have left the HTTP layer) included; 0 = the descriptor limit
+      minus a reserve for the database, Redis and the listeners.
     """
     config = app.config
     return HTTP1Server(
@@ -320,6 +360,9 @@ def make_http_server(app: NotifyApp) -> HTTP1Server:
         max_body_size=config.max_body_kb * 1024,
         idle_timeout=config.idle_timeout,
         body_timeout=config.body_timeout,
+        max_connections=config.max_connections,
+        open_elsewhere=app.deps.manager.device_count,
+        counters=app.deps.http_counters,
     )
 
 
@@ -433,7 +476,7 @@ async def serve(
     ended = app.deps.manager.shutdown()
     deadline = loop.time() + SHUTDOWN_GRACE
     await app.deps.manager.wait_ended(SHUTDOWN_GRACE)
-    while app.deps.inflight.count > 0 and loop.time() < deadline:
+    while app.deps.http_counters.in_flight > 0 and loop.time() < deadline:
         await asyncio.sleep(0.05)
     try:
         await asyncio.wait_for(server.close_all_connections(), timeout=1.0)
@@ -536,7 +579,12 @@ async def _create_user(config: Config, user_id: str, password: str, role: str) -
             runner.run_sync(create_schema)
         except Exception as exc:
             raise StartupError(f"cannot open the database: {_first_line(exc)}", exit_code=1) from None
-        await NotificationService(runner, EventBus(), None).create_user(check_user_id(user_id), password, role)
+        passwords = PasswordPool(threads=1)
+        try:
+            service = NotificationService(runner, EventBus(), None, passwords=passwords)
+            await service.create_user(check_user_id(user_id), password, role)
+        finally:
+            passwords.close()
     finally:
         await asyncio.get_running_loop().run_in_executor(None, runner.close)
 
@@ -562,7 +610,7 @@ def main(argv: Sequence[str] | None = None, environ: Any = None) -> int:
         if command == "issue-token":
             if not config.jwt_secret:
                 raise StartupError("issue-token needs --jwt-secret (or NOTIFY_JWT_SECRET) to sign with")
-            tokens = TokenService(config.jwt_secret)
+            tokens = TokenService(config.jwt_secret, audience=config.jwt_audience, issuer=config.jwt_issuer)
             print(tokens.issue(args.user_id, args.role, args.ttl or config.token_ttl))
             return 0
         if command == "create-user":

@@ -42,7 +42,7 @@ servers=(
     "tornado-delegate|bench/bare_tornado.py --layer delegate"
     "http1-handler|bench/bare_tornado.py --layer lean-handler"
     "http1-delegate|bench/bare_tornado.py --layer lean"
-    "product|server.py"
+    "product|server.py ${budget_args[*]}"
 )
 
 for entry in "${servers[@]}"; do

@@ -38,7 +38,7 @@ done
 refuse_taken_port "$port"
 if [[ $target == server ]]; then
     [[ -f $root/server.py ]] || { echo "no $root/server.py yet; try --floor" >&2; exit 1; }
-    server_cmd=("$py" server.py)
+    server_cmd=("$py" server.py "${budget_args[@]}")
 else
     server_cmd=("$py" bench/floor.py)
 fi

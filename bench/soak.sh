@@ -40,7 +40,7 @@ mkdir -p "$here/results"
 out=$here/results/soak-$(date +%Y%m%d-%H%M%S).json
 
 start_server "$tmp/server.log" "$py" server.py --port "$port" --db-url "sqlite:///$tmp/soak.db" \
-    --jwt-secret "$secret" --log-level warning
+    --jwt-secret "$secret" --log-level warning "${budget_args[@]}"
 cleanup() {
     stop_server
     rm -rf "$tmp"

@@ -21,6 +21,7 @@ import collections
 import dataclasses
 import hashlib
 import hmac
+import math
 import secrets
 import time
 from typing import Any
@@ -62,12 +63,21 @@ class TokenService:
     :param secret: HS256 secret; also what :meth:`issue` signs with.
     :param public_key_pem: an RSA (RS256) or EC (ES256) public key.
     :param clock: wall clock in seconds (tests may replace it).
+    :param audience: ``--jwt-audience``: when set, a token's ``aud`` (a
+        string, or a list of them) must name it, and :meth:`issue` sets it.
+    :param issuer: ``--jwt-issuer``: when set, a token's ``iss`` must be
+        it, and :meth:`issue` sets it.
     """
 
-    def __init__(self, secret: str = "", public_key_pem: bytes = b"", clock=time.time) -> None:
+    def __init__(
+        self, secret: str = "", public_key_pem: bytes = b"", clock=time.time, audience: str = "", issuer: str = ""
+    ) -> None:
         if not secret and not public_key_pem:
             raise ValueError("a JWT secret or public key is required")
         self._clock = clock
+        self._audience = audience or None
+        self._issuer = issuer or None
+        self._required = ["sub", "exp"] + (["aud"] if audience else []) + (["iss"] if issuer else [])
         self._keys: dict[str, Any] = {}
         if secret:
             self._keys["HS256"] = secret
@@ -103,7 +113,12 @@ class TokenService:
         if not self._secret:
             raise Unavailable("this server verifies tokens but has no secret to sign them", code="signing_unavailable")
         now = int(self._clock())
-        claims = {"sub": user_id, "role": role, "iat": now, "exp": now + int(ttl)}
+        claims: dict[str, Any] = {"sub": user_id, "role": role, "iat": now, "exp": now + int(ttl)}
+        # This server's own tokens must pass its own checks.
+        if self._audience is not None:
+            claims["aud"] = self._audience
+        if self._issuer is not None:
+            claims["iss"] = self._issuer
         return jwt.encode(claims, self._secret, algorithm="HS256")
 
     def verify(self, token: str) -> Principal:
@@ -114,7 +129,8 @@ class TokenService:
         garbage cannot fill the cache.
 
         :raises AuthError: malformed, wrongly signed, of another algorithm,
-            expired, or missing ``sub``/``exp``, or with an unknown role.
+            expired, missing ``sub``/``exp``, a claim of the wrong type, an
+            unknown role, or not for the configured audience or issuer.
         """
         digest = hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
         known = self._verified.get(digest)
@@ -143,23 +159,44 @@ class TokenService:
                 token,
                 key,
                 algorithms=[algorithm],
-                options={"require": ["sub", "exp"]},
+                audience=self._audience,
+                issuer=self._issuer,
+                # The times are checked below, after their types: PyJWT
+                # reads them with int(), which takes "9999999999" and true.
+                options={"require": self._required, "verify_exp": False, "verify_iat": False, "verify_nbf": False},
                 leeway=0,
             )
-        except jwt.ExpiredSignatureError:
-            raise AuthError("the token has expired", code="token_expired") from None
         except jwt.PyJWTError:
             raise AuthError("the token is invalid", code="invalid_token") from None
-        if claims["exp"] <= self._clock():
-            raise AuthError("the token has expired", code="token_expired")
         subject = claims["sub"]
         role = claims.get("role", "user")
         # The subject becomes a user id in queries and stored tickets: one no
         # user can have (NUL, a lone surrogate, over 128 characters) would
         # make the database fail the request with a 500.
-        if not isinstance(subject, str) or not USER_ID.match(subject) or role not in ROLES:
+        if not isinstance(subject, str) or not USER_ID.match(subject) or not isinstance(role, str) or role not in ROLES:
             raise AuthError("the token's subject or role is invalid", code="invalid_token")
+        if not all(_is_time(claims[name]) for name in ("exp", "iat", "nbf") if name in claims):
+            raise AuthError("the token's exp, iat and nbf must be numbers", code="invalid_token")
+        now = self._clock()
+        if claims["exp"] <= now:
+            raise AuthError("the token has expired", code="token_expired")
+        if claims.get("nbf", now) > now or claims.get("iat", now) > now:
+            raise AuthError("the token is not valid yet", code="invalid_token")
         return Principal(user_id=subject, role=role, expires_at=float(claims["exp"]))
+
+
+def _is_time(value: Any) -> bool:
+    """Whether a claim is a usable NumericDate: an int or float, finite, not a bool.
+
+    Anything else (a numeric string, ``true``, NaN, an integer too large
+    for a float) would fail a comparison or ``float()`` with a 500.
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
 
 
 # -- passwords ------------------------------------------------------------

@@ -3,7 +3,10 @@
 Every process publishes its stream messages on one channel and subscribes to
 it; each delivers its own messages at once and the others' as they arrive.
 It keeps the :class:`core.broker.Broker` contract that
-``tests/test_broker_contract.py`` checks for every implementation.
+``tests/test_broker_contract.py`` checks for every implementation.  The
+processes of one deployment share the Redis database number and the
+namespace (``--redis-namespace``); :func:`redis_names` derives the channel
+and keys from both, so deployments sharing a Redis server never meet.
 
 Pub/sub keeps nothing for a subscriber that is away, so the broker's job
 during trouble is to *notice* and to say so::
@@ -26,9 +29,9 @@ does that anyway).  Duplicates that this may cause are harmless: devices
 skip cursors they have seen.
 
 ``GET /api/v1/stats?scope=cluster`` reads short-lived heartbeat keys
-(``notify:instance:<id>`` = this process's stats, refreshed every
-``heartbeat_interval`` and expiring after three of them), so a process that
-dies without closing disappears on its own.
+(``notify:<db>:<namespace>:instance:<id>`` = this process's stats,
+refreshed every ``heartbeat_interval`` and expiring after three of them),
+so a process that dies without closing disappears on its own.
 
 Wire format on the channel: the origin instance id, a newline, then
 :meth:`StreamMessage.to_json`.  The id comes first so that a process drops
@@ -46,9 +49,10 @@ import logging
 import random
 import re
 import urllib.parse
-from typing import Any
+from typing import Any, NamedTuple
 
 import redis.asyncio as aioredis
+import redis.connection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.maint_notifications import MaintNotificationsConfig
@@ -66,6 +70,56 @@ MAX_BATCH = 500
 BAD_MESSAGE_LOG_EVERY = 60.0
 
 _SUBSCRIPTION, _PUBLISHING = "subscription", "publishing"
+
+#: What a namespace may be: the alphabet of ``--redis-namespace`` (which
+#: core/config.py checks on the flag), empty meaning none.  No ``:`` in it
+#: is what keeps one deployment's names from being a prefix of another's.
+NAMESPACE = re.compile(r"[A-Za-z0-9_.-]{0,64}\Z")
+
+
+class RedisNames(NamedTuple):
+    """The pub/sub channel and key names of one deployment.
+
+    :param channel: the channel its processes publish on and subscribe to.
+    :param key_prefix: its heartbeat keys are ``key_prefix + instance_id``.
+    """
+
+    channel: str
+    key_prefix: str
+
+
+def redis_names(url: str, namespace: str = "") -> RedisNames:
+    """The channel and keys of the deployment at ``url`` with ``namespace``.
+
+    Both start with ``notify:<db>:<namespace>:``, ``<db>`` being the
+    database number the URL selects (0 when it names none) and the
+    namespace field present even when empty::
+
+        URL and namespace            channel               heartbeat keys
+        redis://host (or /0), none   notify:0::events      notify:0::instance:<id>
+        redis://host/1, none         notify:1::events      notify:1::instance:<id>
+        redis://host/1, "blue"       notify:1:blue:events  notify:1:blue:instance:<id>
+
+    Pub/sub channels belong to the whole Redis server, whatever database a
+    client selected, hence the database number in the channel.  Keys live
+    in the selected database anyway; the same prefix keeps two namespaces
+    of one database apart.  A namespace has no ``:``, so the prefix of one
+    deployment is never the beginning of another's (``a`` and ``a.b``, or
+    no namespace and one named ``instance``): a ``SCAN`` for one
+    deployment's keys never matches another's.
+
+    :raises ValueError: ``url`` cannot be parsed, or names a negative
+        database, or ``namespace`` is outside ``[A-Za-z0-9_.-]{0,64}``.
+    """
+    if not NAMESPACE.match(namespace):
+        raise ValueError("the namespace must be at most 64 letters, digits, '_', '.' or '-'")
+    # The same parser redis-py's from_url uses: the number here is the one
+    # the connections SELECT.
+    db = redis.connection.parse_url(url).get("db", 0)
+    if db < 0:
+        raise ValueError(f"the database number must be 0 or more, got {db}")
+    prefix = f"notify:{db}:{namespace}:"
+    return RedisNames(channel=prefix + "events", key_prefix=prefix + "instance:")
 
 
 def redact(url: str) -> str:
@@ -101,10 +155,11 @@ class RedisBroker:
     :param url: ``redis://[:password@]host:port/db`` (or ``rediss://``).
     :param instance_id: this process's id (the origin of its messages and
         the name of its heartbeat key); must not contain a newline.
-    :param channel: the pub/sub channel every process of the service shares.
+    :param namespace: ``--redis-namespace``; with the URL's database number
+        it names the channel and keys (:func:`redis_names`), so that only
+        processes of the same deployment meet.
     :param heartbeat_interval: seconds between heartbeats; also how long the
         subscription may be silent before it is probed with ``PING``.
-    :param key_prefix: heartbeat keys are ``key_prefix + instance_id``.
     :param backoff_min: first reconnect delay in seconds (doubling...).
     :param backoff_max: ...up to this.
     :param max_pending: messages the outbox may hold; past that the oldest
@@ -112,18 +167,21 @@ class RedisBroker:
         the other processes are told to resync).
     :param connect_timeout: seconds a connection attempt or a command may
         take before Redis counts as unreachable.
-    :raises ValueError: ``url`` cannot be parsed (a bad port, say); an
-        unreachable Redis is not an error here: the broker starts, reports
-        itself down and keeps retrying.
+    :raises ValueError: ``url`` cannot be parsed (a bad port, say), or
+        ``namespace`` is not a valid one; an unreachable Redis is not an
+        error here: the broker starts, reports itself down and keeps
+        retrying.
+
+    :ivar channel: the deployment's pub/sub channel.
+    :ivar key_prefix: its heartbeat keys are ``key_prefix + instance_id``.
     """
 
     def __init__(
         self,
         url: str,
         instance_id: str,
-        channel: str = "notify:events",
+        namespace: str = "",
         heartbeat_interval: float = 2.0,
-        key_prefix: str = "notify:instance:",
         backoff_min: float = 0.1,
         backoff_max: float = 5.0,
         max_pending: int = 10_000,
@@ -133,14 +191,14 @@ class RedisBroker:
             raise ValueError("instance_id must be non-empty and free of newlines")
         self.url = url
         self.instance_id = instance_id
-        self.channel = channel
+        self.namespace = namespace
+        self.channel, self.key_prefix = redis_names(url, namespace)
         self.heartbeat_interval = heartbeat_interval
-        self.key_prefix = key_prefix
         self.backoff_min = backoff_min
         self.backoff_max = backoff_max
         self.max_pending = max_pending
         self.connect_timeout = connect_timeout
-        self._key = key_prefix + instance_id
+        self._key = self.key_prefix + instance_id
         self._origin = instance_id.encode()
         self._prefix = self._origin + b"\n"
         options: dict[str, Any] = {
@@ -183,14 +241,16 @@ class RedisBroker:
 
     # -- the Broker protocol -------------------------------------------------
 
-    async def start(self, deliver: Deliver, resync: Resync, stats: Stats) -> None:
+    async def start(self, deliver: Deliver, resync: Resync, stats: Stats | None) -> None:
         """Subscribe, write the first heartbeat and begin delivering.
 
         Waits for the first subscription attempt only: if Redis is
         unreachable this returns all the same (with :meth:`healthy` False)
         and the broker keeps retrying in the background; its first success
         then calls ``resync``, since streams opened meanwhile may have
-        missed other processes' messages.
+        missed other processes' messages.  With ``stats`` None the broker
+        writes no heartbeat: it takes part in the channel without being
+        listed by :meth:`instances` (a listener, such as a test's probe).
         """
         if self._tasks or self._stopping:
             raise RuntimeError("a RedisBroker starts once")

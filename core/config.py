@@ -47,9 +47,15 @@ class Config:
     max_header_kb: int = 32
     idle_timeout: float = 75.0
     body_timeout: float = 30.0
-    publish_rate: float = 0.0
+    publish_rate: float = 200.0
     publish_burst: int = 0
+    write_rate: float = 20.0
+    write_burst: int = 0
     cors_origins: str = ""
+    redis_namespace: str = ""
+    jwt_audience: str = ""
+    jwt_issuer: str = ""
+    max_connections: int = 0
     #: Filled in by :func:`core.auth.load_keys` at start-up, never from a flag.
     jwt_public_key_pem: bytes = b""
 
@@ -116,6 +122,12 @@ def _redis_url(text: str) -> str:
     return text
 
 
+def _namespace(text: str) -> str:
+    if text and not re.match(r"^[A-Za-z0-9_.-]{1,64}\Z", text):
+        raise argparse.ArgumentTypeError("expected 1..64 letters, digits, '_', '.' or '-'")
+    return text
+
+
 def _boolean(text: str) -> bool:
     lowered = text.strip().lower()
     if lowered in ("1", "true", "yes", "on"):
@@ -150,6 +162,12 @@ OPTIONS: Sequence[tuple[str, Any, str]] = (
     ("--body-timeout", _positive(float), "seconds a client may take to send a request body"),
     ("--publish-rate", _non_negative(float), "notifications and events one principal may publish per second, sustained (0 = no limit)"),
     ("--publish-burst", _non_negative(int), "publishes one principal may make at once above --publish-rate (0 = one second's worth)"),
+    ("--write-rate", _non_negative(float), "other writes (stream tickets, read state, deletes) one principal may make per second, sustained (0 = no limit)"),
+    ("--write-burst", _non_negative(int), "other writes one principal may make at once above --write-rate (0 = one second's worth)"),
+    ("--redis-namespace", _namespace, "a name that keeps this deployment's Redis channel and keys apart from others sharing the same Redis database"),
+    ("--jwt-audience", str, "when set, a token must carry this aud claim"),
+    ("--jwt-issuer", str, "when set, a token must carry this iss claim"),
+    ("--max-connections", _non_negative(int), "open connections (streams included) this process serves at most; more get a quick 503 (0 = the descriptor limit minus a reserve)"),
     ("--cors-origins", _origins, "comma-separated origins allowed to call the API from a browser, with credentials; '*' = any origin, without credentials; empty = no CORS"),
 )
 

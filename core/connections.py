@@ -374,6 +374,10 @@ class ConnectionManager:
             "instanceId": self.instance_id,
         }
 
+    def device_count(self) -> int:
+        """Streams open on this process now."""
+        return len(self._devices)
+
     def user_device_counts(self) -> dict[str, int]:
         """``user id -> open devices`` (for admins only: it names users)."""
         return {user_id: len(devices) for user_id, devices in self._users.items()}

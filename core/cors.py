@@ -44,6 +44,14 @@ class CorsPolicy:
             return False
         return self.any_origin or origin.strip().lower() in self.origins
 
+    def lists(self, origin: str | None) -> bool:
+        """Whether ``origin`` is named in the list (``*`` names none).
+
+        What a write made with the cookie alone needs: ``*`` lets any page
+        call the API without credentials, never act with the user's cookie.
+        """
+        return bool(origin) and origin.strip().lower() in self.origins  # type: ignore[union-attr]
+
     def headers(self, origin: str | None) -> dict[str, str]:
         """Headers for any response to a request with this ``Origin``.
 

@@ -21,10 +21,30 @@ keep-alive for HTTP/1.0 only when asked, a request answered before its body
 was read closes its connection afterwards (here after a lingering drain, so
 the client still sees the answer).
 
-Requests on one connection are served one at a time, in order (pipelined
-requests wait, and reading stops while too many wait).  A malformed request
-gets a JSON 400 and the connection closes.  The idle and body deadlines
-are kept in one dict swept periodically (no timer per request).
+Every request this layer refuses gets an answer and one log line: framing
+that cannot be parsed, the heads Tornado's request builder refuses (no
+``Host`` on HTTP/1.1, two of them, an invalid one, too many query fields),
+and what llhttp parses but Tornado's server refuses (an HTTP/0.9 or
+HTTP/2.0 request line, a ``Transfer-Encoding`` other than ``chunked``)
+get a JSON 400 with ``Connection: close``; nothing a client sends produces
+a traceback.  Each connection costs at most its share: requests on one
+connection are served one at a time, in order; at most :data:`MAX_QUEUED`
+pipelined requests are parsed ahead (the rest of the input waits unparsed),
+and the next one starts only once earlier answers are (nearly) all with the
+kernel, so a client that sends and never reads holds about one answer.
+The idle and body deadlines are kept in one dict swept periodically (no
+timer per request); what a client pipelines behind a request being served
+gets its deadline once that request is answered, as on Tornado's server.
+``tests/test_http_differential.py`` compares this layer with Tornado's
+``HTTPServer`` on the same raw requests.
+
+The server side (:class:`HTTP1Server`) keeps the process alive under
+connection floods: past ``max_connections`` open connections (event
+streams included) a new connection gets a quick 503 and is closed, which
+leaves descriptors for the database, Redis and health checks; and when the
+process runs out of descriptors anyway, accepting pauses for a second (as
+asyncio's own server and nginx do) with one log line, instead of retrying
+at once in a loop.
 """
 
 from __future__ import annotations
@@ -33,48 +53,141 @@ import collections
 import errno
 import json
 import logging
+import re
+import resource
 import socket
 from typing import Any, Callable
 
 import httptools
-from tornado import httputil, netutil
+from tornado import httputil
 from tornado.iostream import StreamClosedError
 from tornado.ioloop import IOLoop, PeriodicCallback
 
 from core.sockwriter import send_queued
 
 log = logging.getLogger("notify.http1")
+#: Refused requests are answered and logged here, one line each, like the
+#: access log's other 4xx lines.
+access_log = logging.getLogger("notify.access")
 
 #: Bytes read from a socket at once (into one buffer shared by every connection).
 READ_SIZE = 64 * 1024
+#: Input is given to the parser in slices of at most this size, so that
+#: parsing can stop between two slices once enough requests wait.
+FEED_SLICE = 4 * 1024
 #: Pipelined requests parsed ahead of the one being served, at most, before
-#: reading pauses.
+#: reading and parsing pause.
 MAX_QUEUED = 16
 #: Body bytes held for a request whose handler is not taking them yet, at
 #: most, before reading pauses.
 HIGH_WATER = 64 * 1024
+#: Unsent answer bytes above which the next pipelined request waits for
+#: the client to read.
+OUT_HIGH_WATER = 64 * 1024
 #: A connection closed with its request body unread is drained this long and
 #: this much first (see :meth:`Connection._linger`).
 LINGER_SECONDS = 5.0
 LINGER_BYTES = 64 * 1024 * 1024
+#: Seconds accepting pauses when the process has no descriptor left.
+ACCEPT_RETRY_DELAY = 1.0
+#: Connections accepted in one pass, at most (Tornado's figure): others
+#: waiting get their turn after the loop's other work.
+ACCEPT_BATCH = 128
+#: Descriptors kept free below the process's limit by the default
+#: ``max_connections``: database and Redis connections, listening sockets,
+#: logs, and refusals in progress.  At least this many, or a twentieth.
+DESCRIPTOR_RESERVE = 64
+#: Connections being refused (answer sent, input drained briefly), at most;
+#: more are closed at once.
+MAX_REFUSING = 256
+#: Seconds a refused connection is drained before it is closed.
+REFUSE_LINGER = 1.0
+#: Seconds between two log lines about the same overload.
+OVERLOAD_LOG_EVERY = 60.0
 
 #: Reason phrases by status code.
 REASONS = {code: httputil.responses.get(code, "Unknown") for code in range(100, 600)}
 _CONTINUE = b"HTTP/1.1 100 (Continue)\r\n\r\n"
-_DISCONNECT = (errno.ECONNRESET, errno.ECONNABORTED, errno.EPIPE, errno.ETIMEDOUT, errno.ENOTCONN)
+_OUT_OF_DESCRIPTORS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
+
+#: A ``Host`` value as Tornado's request builder accepts it (RFC 3986's
+#: host characters, brackets and colons anywhere, an optional port), minus
+#: the comma, which is what two ``Host`` headers become once joined.
+_HOST = re.compile(r"(?:[A-Za-z0-9._~!$&'()*+;=:\[\]-]|%[0-9A-Fa-f]{2})*\Z")
 
 
-def _bad_request(message: str) -> bytes:
-    """The answer to a request that cannot be parsed: a JSON 400, then close."""
-    body = json.dumps({"error": {"code": "bad_request", "message": message}}, separators=(",", ":")).encode()
+def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> bytes:
+    """A complete JSON error answer that closes the connection (the contract's error body)."""
+    body = json.dumps({"error": {"code": code, "message": message}}, separators=(",", ":")).encode()
+    extra = "".join(f"{name}: {value}\r\n" for name, value in (headers or {}).items())
     return (
-        b"HTTP/1.1 400 Bad Request\r\nContent-Type: application/json; charset=utf-8\r\n"
-        b"Cache-Control: no-store\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+        b"HTTP/1.1 %d %s\r\nContent-Type: application/json; charset=utf-8\r\n"
+        b"Cache-Control: no-store\r\nConnection: close\r\n%sContent-Length: %d\r\n\r\n%s"
+        % (status, REASONS[status].encode(), extra.encode("latin1"), len(body), body)
     )
 
 
-#: Tornado's ``Http-Header-Case`` for a header name (cached there).
-_normalize = httputil._normalize_header
+def head_problem(version: str, headers: httputil.HTTPHeaders) -> str | None:
+    """What makes a parsed request unfit to serve, by Tornado's rules, or None.
+
+    llhttp also parses what Tornado refuses and nothing here would handle
+    right: an HTTP/0.9 or HTTP/2.0 request line, and a ``Transfer-Encoding``
+    other than plain ``chunked`` (``gzip, chunked``: a coding nobody here
+    undoes); then the ``Host`` rules (:func:`host_problem`).
+    """
+    if version != "HTTP/1.1" and version != "HTTP/1.0":
+        return "unsupported HTTP version " + version[5:]
+    coding = headers.get("Transfer-Encoding")
+    if coding is not None and coding.lower() != "chunked":
+        return "unsupported Transfer-Encoding"
+    return host_problem(version, headers)
+
+
+def host_problem(version: str, headers: httputil.HTTPHeaders) -> str | None:
+    """What is wrong with a request's ``Host`` header, by Tornado's rules, or None.
+
+    HTTP/1.1 requires exactly one valid ``Host`` (RFC 9112, section 3.2);
+    HTTP/1.0 may go without.
+    """
+    host = headers.get("Host")
+    if host is None:
+        return None if version == "HTTP/1.0" else "missing Host header"
+    if "," in host:
+        return "more than one Host header"
+    if not _HOST.match(host):
+        return "invalid Host header"
+    return None
+
+
+def default_max_connections() -> int:
+    """Open connections a process may serve by default: its descriptor limit minus a reserve."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        soft = 1 << 20
+    reserve = max(DESCRIPTOR_RESERVE, soft // 20)
+    return max(1, soft - reserve)
+
+
+class HTTPCounters:
+    """What the connection layer counts, for shutdown, ``/metrics`` and tests.
+
+    ``in_flight`` is exact: a request counts from its headers until its
+    answer is finished, its stream is handed over, or its connection
+    closes, whichever comes first, on every route and door alike.
+    """
+
+    def __init__(self) -> None:
+        #: Requests being served now.
+        self.in_flight = 0
+        #: Requests refused by this layer (malformed, bad ``Host``, ...).
+        self.requests_refused = 0
+        #: Connections refused with a 503 past ``max_connections``.
+        self.connections_refused = 0
+        #: Times accepting paused because the process had no descriptor left.
+        self.accept_pauses = 0
+        #: Times a pipelined request waited for its client to read the
+        #: answers before it.
+        self.pipeline_waits = 0
 
 
 class Headers(httputil.HTTPHeaders):
@@ -97,6 +210,10 @@ class Headers(httputil.HTTPHeaders):
         return values[0] if len(values) == 1 else ",".join(values)
 
 
+#: Tornado's ``Http-Header-Case`` for a header name (cached there).
+_normalize = httputil._normalize_header
+
+
 class _Context:
     """What ``HTTPServerRequest`` reads from ``connection.context``."""
 
@@ -114,12 +231,18 @@ class _Context:
 class _Request:
     """One request as parsed, waiting for (or in) its turn."""
 
-    __slots__ = ("start_line", "headers", "chunks", "complete", "body_size")
+    __slots__ = ("start_line", "headers", "keep_alive", "chunks", "buffered", "complete", "body_size")
 
     def __init__(self) -> None:
         self.start_line: httputil.RequestStartLine | None = None
         self.headers: httputil.HTTPHeaders | None = None
+        #: llhttp's reading of ``Connection`` and the version: HTTP/1.1
+        #: unless a ``close`` option is listed, HTTP/1.0 only with ``keep-alive``.
+        self.keep_alive = False
         self.chunks: collections.deque[bytes] = collections.deque()
+        #: Bytes in ``chunks`` (kept, not summed: a body of many tiny
+        #: chunks would otherwise cost quadratic time).
+        self.buffered = 0
         self.complete = False
         self.body_size = 0
 
@@ -145,8 +268,15 @@ class Connection(httputil.HTTPConnection):
         self._head_size = 0
         self._in_head = False
         self._stop_parsing = False
+        #: ``(status, code, message)`` for input refused after the requests
+        #: being served: answered once they are done.
+        self._refusal: tuple[int, str, str] | None = None
+        #: Input read but not parsed yet (parsing paused: enough requests wait).
+        self._unparsed: bytes = b""
         # The request being served (the queue's head).
         self._delegate: httputil.HTTPMessageDelegate | None = None
+        #: The head request is being served and counted in flight.
+        self._exchange = False
         self._ready = False  # the delegate takes body chunks
         self._read_finished = False
         self._write_finished = False
@@ -161,6 +291,7 @@ class Connection(httputil.HTTPConnection):
         self._out_size = 0
         self._writing = False
         self._drain_waiters: list[Any] = []
+        self._start_on_drain = False
         self._close_after_flush = False
         self._lingering = False
         self._linger_left = 0
@@ -168,10 +299,15 @@ class Connection(httputil.HTTPConnection):
         self._closed = False
         self._resume_reading()
 
+    @property
+    def chunked_output(self) -> bool:
+        """Whether the current answer is chunk-framed (what a stream's writer must keep doing)."""
+        return self._chunking_output
+
     # -- reading ---------------------------------------------------------------
 
     def _resume_reading(self) -> None:
-        if not self._reading and not self._closed and self._sock is not None:
+        if not self._reading and not self._closed and self._sock is not None and not self._unparsed:
             self._reading = True
             self._loop.add_reader(self._fd, self._on_readable)
 
@@ -204,6 +340,40 @@ class Connection(httputil.HTTPConnection):
             return
         data = memoryview(buffer)[:n]
         try:
+            self._feed(data)
+        finally:
+            data.release()
+        if self._closed or self._stop_parsing:
+            return
+        if self._in_head:
+            # Counted by reads: at most one read more than the header block.
+            self._head_bytes += n
+            if self._head_bytes > self.server.max_header_size:
+                # A header block too large to hold: nothing more is read.
+                self._reject(431, "headers_too_large", "the request line and headers are too large")
+                return
+        if len(self._queue) > MAX_QUEUED:
+            self._pause_reading()
+
+    def _feed(self, data: memoryview) -> None:
+        """Parse ``data``; past :data:`MAX_QUEUED` waiting requests, keep the rest unparsed."""
+        size = len(data)
+        offset = 0
+        while offset < size:
+            piece = data[offset:offset + FEED_SLICE] if size - offset > FEED_SLICE else data[offset:]
+            offset += len(piece)
+            if not self._parse(piece):
+                return
+            if len(self._queue) > MAX_QUEUED and offset < size:
+                # Enough requests wait: what follows is parsed when they
+                # are served (bounded by one read).
+                self._unparsed = bytes(data[offset:])
+                self._pause_reading()
+                return
+
+    def _parse(self, data: memoryview) -> bool:
+        """Give ``data`` to the parser; :returns: whether parsing may go on."""
+        try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
             # Upgrades are not served here: answer the request as a plain
@@ -212,41 +382,79 @@ class Connection(httputil.HTTPConnection):
                 self.on_message_complete()
             self._stop_parsing = True
             self._disconnect_after_queue()
+            return False
         except httptools.HttpParserCallbackError:
-            log.exception("serving a request failed; closing its connection")
+            # Every callback handles its own errors: this is a bug.
+            log.exception("parsing a request failed; closing its connection")
             self.close()
-            return
+            return False
         except httptools.HttpParserError as exc:
             self._malformed(str(exc) or "malformed request")
+            return False
+        return not (self._closed or self._stop_parsing)
+
+    def _feed_unparsed(self) -> None:
+        """Parse the input held back while requests waited, then read again."""
+        if self._closed or self._stop_parsing or not self._unparsed or len(self._queue) > MAX_QUEUED:
             return
+        data, self._unparsed = self._unparsed, b""
+        view = memoryview(data)
+        try:
+            self._feed(view)
         finally:
-            data.release()
-        if self._in_head:
-            # Counted by reads: at most one read more than the header block.
-            self._head_bytes += n
-            if self._head_bytes > self.server.max_header_size:
-                # Tornado's behaviour: a header block it will not buffer ends
-                # the connection without an answer.
-                self.close()
-                return
-        if len(self._queue) > MAX_QUEUED:
-            self._pause_reading()
+            view.release()
+        if not self._unparsed and len(self._queue) <= MAX_QUEUED:
+            self._resume_reading()
 
     def _malformed(self, reason: str) -> None:
         """Input that cannot be parsed: nothing after it is read."""
-        self._stop_parsing = True
-        self._pause_reading()
+        self._reject(400, "bad_request", "the request could not be parsed: " + reason.rstrip("."))
+
+    def _reject(self, status: int, code: str, message: str) -> None:
+        """Refuse the input being parsed: nothing after it is read.
+
+        When it comes after the request being served (pipelined), that
+        request, and those queued whole after it, are served first; then
+        the bad input is answered, and the connection closes.
+        """
         head = self._queue[0] if self._queue else None
         if head is not None and (head.complete or self._response_started):
-            # The request being served is whole (or already answering):
-            # finish it, then close.
-            while len(self._queue) > 1:
+            self._stop_parsing = True
+            self._unparsed = b""
+            self._pause_reading()
+            if len(self._queue) > 1 and not self._queue[-1].complete:
                 self._queue.pop()
+            self._refusal = (status, code, message)
             return
+        self._refuse(head, message, status, code)
+
+    def _refuse(self, request: _Request | None, message: str, status: int = 400, code: str = "bad_request") -> None:
+        """Answer the head request (or unparsable input) with a JSON error, then close.
+
+        One log line, never a traceback: a refused request is the client's
+        error, not the server's.  The connection closes after a lingering
+        drain (:meth:`_linger`), so a client still sending gets the answer
+        rather than a reset.
+        """
+        self._refusal = None
         self._queue.clear()
-        self._send(_bad_request("the request could not be parsed: " + reason.rstrip(".")))
-        self._close_after_flush = True
-        self._maybe_close()
+        self._abandon()
+        self.server.counters.requests_refused += 1
+        start_line = request.start_line if request is not None else None
+        method = start_line.method if start_line is not None else "-"
+        path = start_line.path.split("?", 1)[0] if start_line is not None else "-"
+        access_log.warning("%d %s %s from %s: %s", status, method, _printable(path), self.context.remote_ip, message)
+        answer = error_response(status, code, message)
+        if method == "HEAD" or (start_line is None and self._parser is not None
+                                and self._parser.get_method() == b"HEAD"):
+            # No body to a HEAD (RFC 9110, 9.3.2), not even an error's: a
+            # client would read it as the next answer.  No Content-Length
+            # either: when the request could not be parsed, HEAD is
+            # llhttp's guess, and a client that sent something else then
+            # reads an empty body ended by the close.
+            answer = answer[:answer.index(b"Content-Length: ")] + b"\r\n"
+        self._send(answer)
+        self._linger()
 
     def _disconnect_after_queue(self) -> None:
         self._pause_reading()
@@ -286,10 +494,8 @@ class Connection(httputil.HTTPConnection):
             return
         self._in_head = False
         if self._head_size > self.server.max_header_size:
-            # A header block too large to hold: the connection ends
-            # without an answer, as with Tornado.
-            self._stop_parsing = True
-            self._loop.call_soon(self.close)
+            # A header block too large to hold: nothing more is read.
+            self._reject(431, "headers_too_large", "the request line and headers are too large")
             return
         parser = self._parser
         version = "HTTP/" + parser.get_http_version()
@@ -307,12 +513,13 @@ class Connection(httputil.HTTPConnection):
                 known.append(text)
         request.start_line = httputil.RequestStartLine(method, uri, version)
         request.headers = headers
+        request.keep_alive = parser.should_keep_alive()
         self._url = []
         self._fields = []
         self.server.deadlines[self] = self._loop.time() + self.server.body_timeout
         self._queue.append(request)
         if len(self._queue) == 1:
-            self._start()
+            self._next()
 
     def on_body(self, body: bytes) -> None:
         """A piece of the body."""
@@ -324,7 +531,8 @@ class Connection(httputil.HTTPConnection):
             self._deliver(body)
         else:
             request.chunks.append(body)
-            if sum(len(chunk) for chunk in request.chunks) > HIGH_WATER:
+            request.buffered += len(body)
+            if request.buffered > HIGH_WATER:
                 self._pause_reading()
 
     def on_message_complete(self) -> None:
@@ -335,25 +543,57 @@ class Connection(httputil.HTTPConnection):
         request.complete = True
         self._parsing = None
         self.server.deadlines.pop(self, None)
-        if request is self._queue[0] and self._ready:
+        if self._queue and request is self._queue[0] and self._ready:
             self._feed_delegate()
 
     # -- serving -----------------------------------------------------------------
 
+    def _next(self) -> None:
+        """Serve the queue's head, once earlier answers have (nearly) all left."""
+        if self._exchange or self._closed or not self._queue or self._queue[0].start_line is None:
+            return
+        if self._out_size > OUT_HIGH_WATER:
+            # The client is not reading its answers: it gets the next one
+            # when it has taken these.
+            self._pause_reading()
+            self._start_on_drain = True
+            self.server.counters.pipeline_waits += 1
+            return
+        self._start()
+
     def _start(self) -> None:
         """Serve the queue's head."""
         request = self._queue[0]
-        assert request.start_line is not None and request.headers is not None
+        start_line, headers = request.start_line, request.headers
+        assert start_line is not None and headers is not None
+        problem = head_problem(start_line.version, headers)
+        if problem is not None:
+            self._refuse(request, problem)
+            return
         self._read_finished = False
         self._write_finished = False
         self._response_started = False
         self._chunking_output = False
         self._expected_remaining = None
         self._max_body_size = self.server.max_body_size
-        self._disconnect_on_finish = not _can_keep_alive(request.start_line, request.headers)
+        self._disconnect_on_finish = not request.keep_alive
         self._ready = False
-        self._delegate = self.server.delegate.start_request(self, self)
-        waiting = self._delegate.headers_received(request.start_line, request.headers)
+        self._begin_exchange()
+        try:
+            self._delegate = self.server.delegate.start_request(self, self)
+            waiting = self._delegate.headers_received(start_line, headers)
+        except httputil.HTTPInputError as exc:
+            # Tornado's request builder refuses it (too many query
+            # fields, ...): the client's error, answered as such.  The
+            # delegate never started: nothing to tell it.
+            self._delegate = None
+            self._refuse(request, _printable(str(exc)))
+            return
+        except Exception:
+            log.exception("starting a request failed")
+            self._delegate = None
+            self._fail()
+            return
         if self._delegate is None:
             return  # detached or closed meanwhile
         if waiting is not None:
@@ -363,6 +603,16 @@ class Connection(httputil.HTTPConnection):
             self._loop.create_task(self._after(waiting))
         else:
             self._headers_taken()
+
+    def _fail(self) -> None:
+        """A bug while serving the head request: a JSON 500, then close."""
+        self._stop_parsing = True
+        self._unparsed = b""
+        self._queue.clear()
+        self._abandon()
+        if not self._response_started:
+            self._send(error_response(500, "internal_error", "the server failed to handle this request"))
+        self._linger()
 
     async def _after(self, waiting: Any) -> None:
         try:
@@ -383,7 +633,7 @@ class Connection(httputil.HTTPConnection):
             self._malformed("Content-Length too long")
             return
         if (headers.get("Expect", "").lower() == "100-continue" and not self._write_finished
-                and not request.complete and request.headers.get("Content-Length") != "0"):
+                and not request.complete and headers.get("Content-Length") != "0"):
             self._send(_CONTINUE)
         self._ready = True
         self._feed_delegate()
@@ -393,7 +643,9 @@ class Connection(httputil.HTTPConnection):
     def _feed_delegate(self) -> None:
         request = self._queue[0]
         while request.chunks and self._ready and self._delegate is not None:
-            self._deliver(request.chunks.popleft())
+            chunk = request.chunks.popleft()
+            request.buffered -= len(chunk)
+            self._deliver(chunk)
         if not request.chunks and self._ready and len(self._queue) <= MAX_QUEUED and not self._stop_parsing:
             self._resume_reading()
         if request.complete and not request.chunks and self._ready and self._delegate is not None \
@@ -427,20 +679,69 @@ class Connection(httputil.HTTPConnection):
     def _request_done(self) -> None:
         """The head request is read and answered: on to the next, or close."""
         self._queue.popleft()
+        self._end_exchange()
         self._delegate = None
         self._close_callback = None
-        if self._disconnect_on_finish or self._stop_parsing:
+        if self._disconnect_on_finish:
             self._stop_parsing = True
+            self._unparsed = b""
+            self._refusal = None
             self._queue.clear()
+        if self._stop_parsing and not self._queue:
+            if self._refusal is not None:
+                status, code, message = self._refusal
+                self._refuse(None, message, status, code)
+                return
             self._close_after_flush = True
             self._maybe_close()
             return
+        if self._unparsed and len(self._queue) <= MAX_QUEUED:
+            # Not from here: this may run inside a parser callback.
+            self._loop.call_soon(self._feed_unparsed)
         if self._queue:
-            if self._queue[0].start_line is not None:
-                self._start()
+            if not self._queue[0].complete:
+                # Its body deadline waited while the request before it was served.
+                self.server.deadlines[self] = self._loop.time() + self.server.body_timeout
+            self._next()
         else:
             self.server.deadlines[self] = self._loop.time() + self.server.idle_timeout
             self._resume_reading()
+
+    def _abandon(self) -> None:
+        """Stop serving the head request; its handler is told, as when a client leaves."""
+        self._end_exchange()
+        callback, self._close_callback = self._close_callback, None
+        delegate, self._delegate = self._delegate, None
+        if callback is not None:
+            try:
+                callback()
+            except Exception:
+                log.exception("connection close callback failed")
+        if delegate is not None and not self._read_finished:
+            try:
+                delegate.on_connection_close()
+            except Exception:
+                log.exception("request delegate failed on close")
+
+    def _begin_exchange(self) -> None:
+        if not self._exchange:
+            self._exchange = True
+            self.server.counters.in_flight += 1
+
+    def _end_exchange(self) -> None:
+        if self._exchange:
+            self._exchange = False
+            self.server.counters.in_flight -= 1
+
+    def serving_whole_request(self) -> bool:
+        """Whether a request read whole is being served: what came after it waits, deadline included.
+
+        As on Tornado's server, which reads a request only once the one
+        before it is answered: a slow answer is not the client's delay, and
+        a pipelined request (or a malformed one, refused after) must not end
+        the connection before it.
+        """
+        return self._exchange and bool(self._queue) and self._queue[0].complete
 
     # -- HTTPConnection --------------------------------------------------------
 
@@ -533,11 +834,13 @@ class Connection(httputil.HTTPConnection):
             # Answered before the delegate had the whole body, but all of
             # it is here: drop it, and the connection stays in step.
             self._queue[0].chunks.clear()
+            self._queue[0].buffered = 0
             self._read_finished = True
         if not self._read_finished:
             # Answered before the body was read: this connection's input
             # is no longer in step, so it closes once the answer is out.
             self._queue.clear()
+            self._end_exchange()
             self._delegate = None
             self._linger()
             return
@@ -547,18 +850,21 @@ class Connection(httputil.HTTPConnection):
     def detach(self) -> socket.socket:
         """Hand the socket over (an event stream's writer takes it); :returns: the socket.
 
-        The connection forgets it without closing it.  Whatever the client
-        sent after its request is still in the returned socket's care: a
-        pipelined request after a stream is refused by closing.
+        The connection forgets it without closing it, and the request stops
+        counting as in flight.  Whatever the client sent after its request
+        is still in the returned socket's care: a pipelined request after a
+        stream is refused by closing.
         """
         sock = self._sock
         assert sock is not None
-        extra = len(self._queue) > 1 or self._parsing is not None or self._out_size > 0
+        extra = (len(self._queue) > 1 or self._parsing is not None or self._out_size > 0 or bool(self._unparsed)
+                 or self._refusal is not None)
         if extra:
             self._pause_reading()
         # Otherwise the socket stays registered for reading: the new owner's
         # loop.add_reader replaces this connection's callback in place (no
         # epoll change), which it must do right away.
+        self._end_exchange()
         self._reading = False
         self._sock = None
         self._closed = True
@@ -566,6 +872,7 @@ class Connection(httputil.HTTPConnection):
         self._close_callback = None
         self._parser = None
         self._queue.clear()
+        self._unparsed = b""
         self.server.forget(self)
         if extra:
             sock.close()
@@ -630,6 +937,9 @@ class Connection(httputil.HTTPConnection):
         for future in waiters:
             if not future.done():
                 future.set_result(None)
+        if self._start_on_drain:
+            self._start_on_drain = False
+            self._next()
         self._maybe_close()
 
     def _maybe_close(self) -> None:
@@ -647,6 +957,7 @@ class Connection(httputil.HTTPConnection):
         """
         self._lingering = True
         self._stop_parsing = True
+        self._unparsed = b""
         self._linger_left = LINGER_BYTES
         self.server.deadlines[self] = self._loop.time() + LINGER_SECONDS
         self._resume_reading()
@@ -680,6 +991,7 @@ class Connection(httputil.HTTPConnection):
         # A close from inside a parser callback: the rest of this read is
         # not for anyone.
         self._stop_parsing = True
+        self._unparsed = b""
         sock = self._sock
         self._sock = None
         if sock is not None:
@@ -696,66 +1008,123 @@ class Connection(httputil.HTTPConnection):
             if not future.done():
                 future.set_exception(StreamClosedError())
                 future.exception()
-        callback, self._close_callback = self._close_callback, None
-        delegate, self._delegate = self._delegate, None
         self._parser = None
         self._queue.clear()
         self.server.forget(self)
-        if callback is not None:
-            try:
-                callback()
-            except Exception:
-                log.exception("connection close callback failed")
-        if delegate is not None and not self._read_finished:
-            try:
-                delegate.on_connection_close()
-            except Exception:
-                log.exception("request delegate failed on close")
+        self._abandon()
 
 
-def _can_keep_alive(start_line: httputil.RequestStartLine, headers: httputil.HTTPHeaders) -> bool:
-    """Tornado's rule: HTTP/1.1 unless ``Connection: close``; HTTP/1.0 only when asked."""
-    connection = headers.get("Connection", "").lower()
-    if start_line.version == "HTTP/1.1":
-        return connection != "close"
-    return connection == "keep-alive"
+def _printable(text: str, limit: int = 120) -> str:
+    """Client-supplied text fit for one log line: printable ASCII, bounded."""
+    clean = "".join(ch if " " <= ch <= "~" else "?" for ch in text[:limit])
+    return clean + ("..." if len(text) > limit else "")
+
+
+#: The answer past ``max_connections``: quick, and says when to retry.
+_TOO_MANY_CONNECTIONS = error_response(
+    503, "too_many_connections", "the server has no room for another connection; retry shortly", {"Retry-After": "1"})
 
 
 class HTTP1Server:
     """Accepts connections and serves them with :class:`Connection`.
 
     :param delegate: the application (``start_request(server_conn, request_conn)``).
-    :param max_header_size: a header block larger than this closes the connection.
+    :param max_header_size: a header block larger than this is answered 431 and ends the connection.
     :param max_body_size: a body larger than this is refused (400), unless
         the handler lifts the limit for its request.
     :param idle_timeout: seconds to wait for a request and its headers.
     :param body_timeout: seconds to receive a request's body.
+    :param max_connections: open connections at most, counting
+        ``open_elsewhere()``; a connection past it gets a 503 and is
+        closed.  0 = :func:`default_max_connections`.
+    :param open_elsewhere: connections this process still holds after
+        they left this server (detached event streams).
+    :param counters: where requests in flight and refusals are counted.
     """
 
     def __init__(self, delegate: Any, max_header_size: int = 64 * 1024, max_body_size: int = 100 * 1024 * 1024,
-                 idle_timeout: float = 75.0, body_timeout: float = 30.0) -> None:
+                 idle_timeout: float = 75.0, body_timeout: float = 30.0, max_connections: int = 0,
+                 open_elsewhere: Callable[[], int] | None = None, counters: HTTPCounters | None = None) -> None:
         self.delegate = delegate
         self.max_header_size = max_header_size
         self.max_body_size = max_body_size
         self.idle_timeout = idle_timeout
         self.body_timeout = body_timeout
+        self.max_connections = max_connections or default_max_connections()
+        self._open_elsewhere = open_elsewhere or (lambda: 0)
+        self.counters = counters if counters is not None else HTTPCounters()
         self.loop = IOLoop.current().asyncio_loop  # type: ignore[attr-defined]
         self.buffer = bytearray(READ_SIZE)
         #: connection -> the loop time it must have made progress by.
         self.deadlines: dict[Connection, float] = {}
         self.connections: set[Connection] = set()
-        self._listeners: dict[int, tuple[socket.socket, Callable[[], None]]] = {}
+        self._listeners: dict[int, socket.socket] = {}
+        self._accepting = False
+        self._resume_timer: Any = None
+        #: Refused sockets being drained -> the loop time they close at.
+        self._refusing: dict[socket.socket, float] = {}
+        self._logged: dict[str, float] = {}
         period = max(0.05, min(1.0, idle_timeout / 4, body_timeout / 4))
         self._sweeper = PeriodicCallback(self._sweep, period * 1000)
         self._sweeper.start()
 
+    # -- accepting -------------------------------------------------------------
+
     def add_sockets(self, sockets: list[socket.socket]) -> None:
         """Start accepting on listening sockets bound already."""
         for sock in sockets:
-            remove = netutil.add_accept_handler(sock, self._accepted)
-            self._listeners[sock.fileno()] = (sock, remove)
+            sock.setblocking(False)
+            self._listeners[sock.fileno()] = sock
+        self._start_accepting()
+
+    def _start_accepting(self) -> None:
+        self._resume_timer = None
+        if self._accepting or not self._listeners:
+            return
+        self._accepting = True
+        for fd, sock in self._listeners.items():
+            self.loop.add_reader(fd, self._on_acceptable, sock)
+
+    def _stop_accepting(self) -> None:
+        if self._accepting:
+            self._accepting = False
+            for fd in self._listeners:
+                self.loop.remove_reader(fd)
+
+    def _on_acceptable(self, listener: socket.socket) -> None:
+        for _ in range(ACCEPT_BATCH):
+            if not self._accepting:
+                return
+            try:
+                sock, address = listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except ConnectionAbortedError:
+                continue
+            except OSError as exc:
+                if exc.errno in _OUT_OF_DESCRIPTORS:
+                    self._pause_accepting(exc)
+                else:
+                    self._log_once("accept", "accepting a connection failed: %s", exc.strerror or exc)
+                return
+            self._accepted(sock, address)
+
+    def _pause_accepting(self, exc: OSError) -> None:
+        """No descriptor left: stop accepting for a moment instead of retrying at once.
+
+        Connections wait in the listen backlog meanwhile; one line is
+        logged per episode, not one per attempt.
+        """
+        self.counters.accept_pauses += 1
+        self._stop_accepting()
+        self._log_once("descriptors", "out of descriptors (%s) with %d connections open: accepting paused for %.0f s",
+                       exc.strerror or exc, len(self.connections) + self._open_elsewhere(), ACCEPT_RETRY_DELAY)
+        self._resume_timer = self.loop.call_later(ACCEPT_RETRY_DELAY, self._start_accepting)
 
     def _accepted(self, sock: socket.socket, address: Any) -> None:
+        if len(self.connections) + self._open_elsewhere() >= self.max_connections:
+            self._refuse_connection(sock)
+            return
         sock.setblocking(False)
         if sock.family in (socket.AF_INET, socket.AF_INET6):
             try:
@@ -765,6 +1134,54 @@ class HTTP1Server:
         conn = Connection(self, sock, address)
         self.connections.add(conn)
         self.deadlines[conn] = self.loop.time() + self.idle_timeout
+
+    def _refuse_connection(self, sock: socket.socket) -> None:
+        """Past ``max_connections``: a quick 503, then close.
+
+        The answer goes out at once, without waiting for the request; what
+        the client sends is then read and dropped for a moment, so that
+        closing does not reset the connection before the client has read
+        the answer.
+        """
+        self.counters.connections_refused += 1
+        self._log_once("full", "%d connections open (--max-connections): refusing new ones with 503",
+                       self.max_connections)
+        sock.setblocking(False)
+        try:
+            sock.send(_TOO_MANY_CONNECTIONS)
+            sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            sock.close()
+            return
+        if len(self._refusing) >= MAX_REFUSING:
+            sock.close()
+            return
+        self._refusing[sock] = self.loop.time() + REFUSE_LINGER
+        self.loop.add_reader(sock.fileno(), self._drain_refused, sock)
+
+    def _drain_refused(self, sock: socket.socket) -> None:
+        try:
+            if sock.recv(READ_SIZE):
+                return
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            pass
+        self._close_refused(sock)
+
+    def _close_refused(self, sock: socket.socket) -> None:
+        if self._refusing.pop(sock, None) is not None:
+            self.loop.remove_reader(sock.fileno())
+            sock.close()
+
+    def _log_once(self, kind: str, message: str, *args: Any) -> None:
+        """Log ``message`` unless the same kind was logged within :data:`OVERLOAD_LOG_EVERY` seconds."""
+        now = self.loop.time()
+        if now - self._logged.get(kind, -OVERLOAD_LOG_EVERY) >= OVERLOAD_LOG_EVERY:
+            self._logged[kind] = now
+            log.warning(message, *args)
+
+    # -- connections -------------------------------------------------------------
 
     def forget(self, conn: Connection) -> None:
         """A connection closed or was detached."""
@@ -778,19 +1195,28 @@ class HTTP1Server:
         now = self.loop.time()
         late = [conn for conn, deadline in self.deadlines.items() if deadline <= now]
         for conn in late:
+            if conn.serving_whole_request():
+                continue  # answered first; the deadline is set anew after (_request_done)
             self.deadlines.pop(conn, None)
             conn.close()
+        if self._refusing:
+            for sock in [sock for sock, deadline in self._refusing.items() if deadline <= now]:
+                self._close_refused(sock)
 
     def stop(self) -> None:
         """Stop accepting (open connections stay) and stop the sweep."""
         self._sweeper.stop()
-        for sock, remove in self._listeners.values():
-            remove()
+        self._stop_accepting()
+        if self._resume_timer is not None:
+            self._resume_timer.cancel()
+            self._resume_timer = None
+        for sock in self._listeners.values():
             sock.close()
         self._listeners.clear()
+        for sock in list(self._refusing):
+            self._close_refused(sock)
 
     async def close_all_connections(self) -> None:
         """Close every open connection (event streams already detached are not here)."""
         for conn in list(self.connections):
             conn.close()
-

@@ -7,21 +7,22 @@ path pays nothing for metrics.
 
 from __future__ import annotations
 
-from typing import Callable, Iterator
+from typing import Iterator
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 
 from core.connections import ConnectionManager
+from core.http1 import HTTPCounters
 from core.looplag import LoopLagMonitor
 
 
 class _StreamCollector:
     """Exposes one process's stream counters."""
 
-    def __init__(self, manager: ConnectionManager, inflight: Callable[[], int], loop_lag: LoopLagMonitor | None) -> None:
+    def __init__(self, manager: ConnectionManager, http: HTTPCounters, loop_lag: LoopLagMonitor | None) -> None:
         self._manager = manager
-        self._inflight = inflight
+        self._http = http
         self._loop_lag = loop_lag
 
     def collect(self) -> Iterator[Metric]:
@@ -31,7 +32,8 @@ class _StreamCollector:
         gauges = (
             ("notify_active_users", "Users with at least one open stream", stats["activeUsers"]),
             ("notify_open_streams", "Open SSE streams", stats["totalDevices"]),
-            ("notify_requests_in_flight", "HTTP requests being served, streams included", self._inflight()),
+            ("notify_requests_in_flight", "HTTP requests being served (a stream until it is handed over)",
+             self._http.in_flight),
             ("notify_uptime_seconds", "Seconds since the process started", stats["uptimeSeconds"]),
         )
         for name, help_text, value in gauges:
@@ -43,6 +45,11 @@ class _StreamCollector:
             ("notify_frames_sent", "Frames written to streams, pings included", stats["framesSent"]),
             ("notify_connections_opened", "Streams opened", stats["connectionsOpened"]),
             ("notify_connections_dropped", "Streams closed for not reading", stats["connectionsDropped"]),
+            ("notify_requests_refused", "Requests refused by the HTTP layer (malformed, bad Host)",
+             self._http.requests_refused),
+            ("notify_connections_refused", "Connections refused with 503 past --max-connections",
+             self._http.connections_refused),
+            ("notify_accept_pauses", "Times accepting paused for lack of file descriptors", self._http.accept_pauses),
         )
         for name, help_text, value in counters:
             family = CounterMetricFamily(name, help_text, labels=["instance"])
@@ -61,10 +68,10 @@ class Metrics:
     """A registry of this application's own (tests build many apps)."""
 
     def __init__(
-        self, manager: ConnectionManager, inflight: Callable[[], int], loop_lag: LoopLagMonitor | None = None
+        self, manager: ConnectionManager, http: HTTPCounters, loop_lag: LoopLagMonitor | None = None
     ) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(_StreamCollector(manager, inflight, loop_lag))
+        self.registry.register(_StreamCollector(manager, http, loop_lag))
 
     def exposition(self) -> bytes:
         """The Prometheus text format of every metric."""

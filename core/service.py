@@ -32,6 +32,7 @@ from core.broker import StreamMessage
 from core.connections import SHUTDOWN, ConnectionManager, Device
 from core.errors import AuthError, BadRequest, Conflict, NotFound, Unavailable
 from core.event_bus import EventBus
+from core.passwords import PasswordPool
 from core.ids import random_hex
 from core.sse import Frame, encode_event
 from core.validation import Encoded, compact_json, iso
@@ -145,6 +146,9 @@ class NotificationService:
     :param tokens: signs and verifies JWTs (None where no login happens, as in the CLI).
     :param history_days: how long stream events stay replayable.
     :param token_ttl: lifetime of tokens issued by :meth:`login`.
+    :param passwords: where passwords are hashed (never the database
+        readers, which every other request waits for); one of its own when
+        None.  Whoever made it closes it.
     """
 
     def __init__(
@@ -155,6 +159,7 @@ class NotificationService:
         history_days: float = 7.0,
         token_ttl: int = 3600,
         clock: Callable[[], float] = time.time,
+        passwords: PasswordPool | None = None,
     ) -> None:
         self.runner = runner
         self.bus = bus
@@ -162,6 +167,7 @@ class NotificationService:
         self.history_days = history_days
         self.token_ttl = token_ttl
         self._clock = clock
+        self.passwords = passwords if passwords is not None else PasswordPool()
 
     async def _read(self, fn: Callable[..., Any], *args: Any) -> Any:
         return await _available(self.runner.read(fn, *args))
@@ -438,8 +444,8 @@ class NotificationService:
 
         :raises Conflict: the id is taken and ``replace`` is False.
         """
-        # scrypt takes tens of milliseconds: off the loop.
-        hashed = await self._read(hash_password, password)
+        # scrypt takes tens of milliseconds: off the loop, in its own pool.
+        hashed = await self.passwords.run(hash_password, password)
         try:
             if replace:
                 await self._write(queries.upsert_user, user_id, hashed, role, self._now_ms())
@@ -453,11 +459,14 @@ class NotificationService:
 
         :raises AuthError: unknown user or wrong password (one message for
             both, and the same work for both).
+        :raises Unavailable: ``login_busy`` (with ``Retry-After``): the
+            password pool has as many logins as it takes.
         """
         user = await self._read(queries.get_user, user_id)
         stored = user.password_hash if user is not None else DUMMY_HASH
-        # scrypt takes tens of milliseconds: off the loop.
-        matches = await self._read(verify_password, password, stored)
+        # scrypt takes tens of milliseconds: off the loop, in its own pool,
+        # which refuses (503 login_busy) rather than queue without bound.
+        matches = await self.passwords.run(verify_password, password, stored)
         if user is None or not matches:
             raise AuthError("wrong user id or password", code="invalid_credentials")
         if self.tokens is None:
@@ -497,6 +506,16 @@ class NotificationService:
         if removed:
             log.info("retention removed %d stream events older than %s days", removed, self.history_days)
         return removed
+
+    async def prune_tickets(self) -> int:
+        """Forget expired stream tickets; :returns: how many.
+
+        Run every minute (``server.TICKET_PRUNE_EVERY``), not only with the
+        hourly retention: tickets live 30 s, and a table holding an hour
+        of them would grow with every stream opened.  One ``DELETE`` of
+        expired rows; the table holds about a minute's tickets.
+        """
+        return await self._write(queries.prune_tickets, self._now_ms())
 
     async def checkpoint(self) -> None:
         """Fold SQLite's write-ahead log into the database file.

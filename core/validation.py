@@ -21,6 +21,13 @@ MAX_DATA_BYTES = 8 * 1024
 MAX_URL = 2048
 MAX_EVENT_USERS = 1000
 MAX_USER_ID = 128
+#: Levels of objects and arrays in a ``data`` object, itself the first.
+MAX_DATA_DEPTH = 32
+#: Levels of objects and arrays anywhere in a request body, itself the
+#: first: room for a ``data`` at :data:`MAX_DATA_DEPTH` in any body, and
+#: far below what the JSON codec can follow (about 1,000 levels of
+#: recursion, less what the call stack already holds).
+MAX_BODY_DEPTH = 2 * MAX_DATA_DEPTH
 
 # \Z, not $: Python's $ also matches before a trailing newline, which would
 # let "name\n" through.
@@ -62,11 +69,39 @@ def iso(ms: int | None) -> str | None:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{millis:03d}Z"
 
 
+def deeper_than(value: Any, limit: int) -> bool:
+    """Whether ``value`` nests objects and arrays more than ``limit`` levels deep.
+
+    ``value`` itself is the first level when it is an object or an array.
+    One level at a time, without recursion: the point is to refuse, before
+    anything encodes or walks it recursively, a value nested deep enough to
+    exhaust Python's recursion limit (a ``RecursionError``, a 500).
+    """
+    level = [value] if isinstance(value, (dict, list)) else []
+    depth = 0
+    while level:
+        depth += 1
+        if depth > limit:
+            return True
+        below = []
+        for item in level:
+            for child in item.values() if isinstance(item, dict) else item:
+                if isinstance(child, (dict, list)):
+                    below.append(child)
+        level = below
+    return False
+
+
+def _too_deep(what: str, limit: int) -> ValidationError:
+    return ValidationError(f"{what} must not nest objects and arrays more than {limit} levels deep")
+
+
 def parse_json_body(body: bytes) -> dict[str, Any]:
     """Decode a request body that must be a JSON object.
 
     :raises BadRequest: invalid UTF-8 or invalid JSON.
-    :raises ValidationError: valid JSON that is not an object.
+    :raises ValidationError: valid JSON that is not an object, or that
+        nests deeper than :data:`MAX_BODY_DEPTH` levels.
     """
     try:
         text = body.decode("utf-8")
@@ -74,14 +109,23 @@ def parse_json_body(body: bytes) -> dict[str, Any]:
         raise BadRequest("the body is not valid UTF-8", code="invalid_encoding") from None
     try:
         value = json.loads(text)
-        # A "\ud800" escape decodes to a lone surrogate, which no UTF-8
-        # response or database can hold: refuse it here, not with a 500 later.
-        if "\\u" in text:
-            json.dumps(value, ensure_ascii=False).encode("utf-8")
-    except (ValueError, RecursionError):
-        # RecursionError: nesting deeper than the parser can follow.
-        # UnicodeEncodeError (a ValueError): the lone surrogate above.
+    except RecursionError:
+        # Nested deeper than the parser can follow, so far past the limit
+        # (whether or not the rest of it is well-formed).
+        raise _too_deep("the body", MAX_BODY_DEPTH) from None
+    except ValueError:
         raise BadRequest("the body is not valid JSON", code="invalid_json") from None
+    # Each "[" or "{" opens at most one level: the usual body has too few
+    # of them to need the walk.
+    if text.count("[") + text.count("{") > MAX_BODY_DEPTH and deeper_than(value, MAX_BODY_DEPTH):
+        raise _too_deep("the body", MAX_BODY_DEPTH)
+    # A "\ud800" escape decodes to a lone surrogate, which no UTF-8
+    # response or database can hold: refuse it here, not with a 500 later.
+    if "\\u" in text:
+        try:
+            json.dumps(value, ensure_ascii=False).encode("utf-8")
+        except ValueError:  # UnicodeEncodeError
+            raise BadRequest("the body is not valid JSON", code="invalid_json") from None
     if not isinstance(value, dict):
         raise ValidationError("the body must be a JSON object")
     return value
@@ -95,6 +139,9 @@ def _data_object(body: Mapping[str, Any], required: bool = False) -> dict[str, A
     data = body["data"]
     if not isinstance(data, dict):
         raise ValidationError("data must be a JSON object")
+    # Before it is encoded: the encoder recurses once per level.
+    if deeper_than(data, MAX_DATA_DEPTH):
+        raise _too_deep("data", MAX_DATA_DEPTH)
     if len(compact_json(data).encode("utf-8")) > MAX_DATA_BYTES:
         raise ValidationError(f"data must be at most {MAX_DATA_BYTES} bytes of JSON")
     return data

@@ -49,7 +49,15 @@ class LogoutHandler(BaseHandler):
     """``POST /api/v1/auth/logout``: clear the cookie."""
 
     def post(self) -> None:
-        """Expire the ``access_token`` cookie."""
+        """Expire the ``access_token`` cookie.
+
+        No credential is read, but a logout carrying the cookie (and no
+        ``Authorization``) is a cookie write like any other: another page
+        of the same site must not sign the user out
+        (:meth:`~handlers.base.BaseHandler.check_cookie_write`).
+        """
+        if "Authorization" not in self.request.headers and self.get_cookie("access_token"):
+            self.check_cookie_write()
         self.clear_cookie("access_token", path="/", httponly=True, samesite="Lax", secure=self.deps.config.cookie_secure)
         self.set_status(204)
         self.finish()
@@ -61,6 +69,7 @@ class StreamTicketHandler(BaseHandler):
     async def post(self) -> None:
         """Issue a ticket for the caller's own stream."""
         principal = await self.authenticate()
+        self.check_write_rate(principal)
         self.send_json(await self.deps.service.issue_ticket(principal))
 
 
@@ -107,6 +116,7 @@ class ReadAllHandler(BaseHandler):
     async def post(self, user_id: str) -> None:
         """Mark every notification read."""
         principal = await self.authenticate()
+        self.check_write_rate(principal)
         check_user_id(user_id)
         self.send_json(await self.deps.service.read_all(principal, user_id))
 
@@ -123,6 +133,7 @@ class NotificationHandler(BaseHandler):
     async def patch(self, user_id: str, notification_id: str) -> None:
         """Set the read state; the user's other devices are told."""
         principal = await self.authenticate()
+        self.check_write_rate(principal)
         require_reader(principal, check_user_id(user_id))
         read = validate_read_flag(self.json_body())
         self.send_json(await self.deps.service.set_read(principal, user_id, notification_id, read))
@@ -130,6 +141,7 @@ class NotificationHandler(BaseHandler):
     async def delete(self, user_id: str, notification_id: str) -> None:
         """Delete it; the user's devices are told."""
         principal = await self.authenticate()
+        self.check_write_rate(principal)
         check_user_id(user_id)
         await self.deps.service.delete(principal, user_id, notification_id)
         self.set_status(204)

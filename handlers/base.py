@@ -28,6 +28,7 @@ from core.connections import ConnectionManager
 from core.cors import CorsPolicy
 from core.errors import (
     AuthError,
+    BadRequest,
     DomainError,
     Forbidden,
     PayloadTooLarge,
@@ -35,6 +36,7 @@ from core.errors import (
     TooManyRequests,
     UnsupportedMediaType,
 )
+from core.http1 import HTTPCounters
 from core.ratelimit import RateLimiter
 from core.service import NotificationService
 from core.validation import Encoded, parse_json_body
@@ -157,10 +159,45 @@ def bearer_token(header: str) -> str:
     return token.strip()
 
 
-def spend_publish(limiter: RateLimiter | None, principal: Principal) -> None:
-    """Spend one of the caller's publishes (``--publish-rate``, per token subject).
+#: Methods that change something: made with the cookie alone, they must
+#: come from a page the server trusts (see :meth:`BaseHandler.check_cookie_write`).
+WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
-    :param limiter: the publish limiter, None when publishing is not limited.
+_DEFAULT_PORTS = {"http": ":80", "https": ":443"}
+
+
+def _without_default_port(authority: str, scheme: str) -> str:
+    default = _DEFAULT_PORTS[scheme]
+    return authority[: -len(default)] if authority.endswith(default) else authority
+
+
+def is_own_origin(origin: str | None, host: str | None) -> bool:
+    """Whether an ``Origin`` names the server the request was sent to.
+
+    The Origin's ``host[:port]`` (a default port 80/443 left out) must equal
+    the ``Host`` header, case-insensitively.  ``null``, a missing value or
+    anything that is not ``http(s)://host[:port]`` is not.
+
+    :param origin: the request's ``Origin`` header, or None.
+    :param host: the request's ``Host`` header, or None.
+    """
+    if not origin or not host:
+        return False
+    scheme, separator, authority = origin.strip().lower().partition("://")
+    if not separator or scheme not in _DEFAULT_PORTS or not authority or any(c in authority for c in "/?#@\\ "):
+        return False
+    return _without_default_port(authority, scheme) == _without_default_port(host.strip().lower(), scheme)
+
+
+def spend_budget(limiter: RateLimiter | None, principal: Principal, what: str = "publishes") -> None:
+    """Spend one of the caller's writes from ``limiter`` (per token subject).
+
+    Two budgets use it: ``--publish-rate`` for notifications and events,
+    ``--write-rate`` for every other authenticated write.  Called before
+    anything is written, so a refused request changes nothing.
+
+    :param limiter: the limiter, None when that budget is not limited.
+    :param what: what is being counted, for the message ("publishes", "writes").
     :raises TooManyRequests: the caller's bucket is empty; ``Retry-After``
         says in how many whole seconds (at least 1) to try again.
     """
@@ -169,7 +206,7 @@ def spend_publish(limiter: RateLimiter | None, principal: Principal) -> None:
     wait = limiter.take(principal.user_id)
     if wait > 0:
         raise TooManyRequests(
-            "too many publishes; slow down and retry after the Retry-After seconds",
+            f"too many {what}; slow down and retry after the Retry-After seconds",
             code="rate_limited",
             headers={"Retry-After": str(max(1, math.ceil(wait)))},
         )
@@ -186,21 +223,17 @@ class Deps:
     broker: Broker
     instance_id: str
     metrics: Any
-    inflight: "InFlight"
+    #: Requests in flight and refusals, counted by the connection layer
+    #: (:class:`core.http1.HTTPCounters`).
+    http_counters: HTTPCounters
     #: A :class:`core.looplag.LoopLagMonitor`, or None where nothing samples.
     loop_lag: Any = None
     #: ``--cors-origins``; the default allows no other origin.
     cors: CorsPolicy = dataclasses.field(default_factory=CorsPolicy)
     #: ``--publish-rate``; None when publishing is not rate limited.
     publish_limiter: RateLimiter | None = None
-
-
-class InFlight:
-    """Counts requests being served, so shutdown can wait for them."""
-
-    def __init__(self) -> None:
-        self.count = 0
-        self.streams = 0
+    #: ``--write-rate``: stream tickets, read state, deletes; None when not limited.
+    write_limiter: RateLimiter | None = None
 
 
 #: The connection's own body limit, lifted: :class:`LimitedRequestHandler`
@@ -309,24 +342,12 @@ class BaseHandler(LimitedRequestHandler):
     def initialize(self, deps: Deps) -> None:
         """Receive the application's dependencies."""
         self.deps = deps
-        self._counted = False
         self.set_limits(deps.config)
         self._set_cors_headers()
 
     def prepare(self) -> None:
-        """Count the request as in flight until :meth:`on_finish`; check its size."""
-        self.deps.inflight.count += 1
-        self._counted = True
+        """Check the request's size before its body is read."""
         self.check_limits()
-
-    def on_finish(self) -> None:
-        """Stop counting the request."""
-        self._stop_counting()
-
-    def _stop_counting(self) -> None:
-        if self._counted:
-            self._counted = False
-            self.deps.inflight.count -= 1
 
     def clear(self) -> None:
         """Reset the response: JSON, not cached, not sniffed.
@@ -341,18 +362,6 @@ class BaseHandler(LimitedRequestHandler):
         self._write_buffer = []
         self._status_code = 200
         self._reason = "OK"
-
-    def on_connection_close(self) -> None:
-        """The client left before its body was in: nothing will finish this request.
-
-        Tornado then drops the request without calling :meth:`on_finish`
-        (the body timeout, a client that hangs up mid-body), so it stops
-        being counted here, or shutdown would wait for it in vain.
-        """
-        body = getattr(self.request, "_body_future", None)
-        if body is not None and not body.done():
-            self._stop_counting()
-        super().on_connection_close()
 
     def set_default_headers(self) -> None:
         """CORS headers if configured (:meth:`clear` sets the JSON defaults)."""
@@ -393,8 +402,12 @@ class BaseHandler(LimitedRequestHandler):
         self.finish()
 
     def check_publish_rate(self, principal: Principal) -> None:
-        """Spend one of the caller's publishes (see :func:`spend_publish`)."""
-        spend_publish(self.deps.publish_limiter, principal)
+        """Spend one of the caller's publishes (see :func:`spend_budget`)."""
+        spend_budget(self.deps.publish_limiter, principal, "publishes")
+
+    def check_write_rate(self, principal: Principal) -> None:
+        """Spend one of the caller's other writes (``--write-rate``; see :func:`spend_budget`)."""
+        spend_budget(self.deps.write_limiter, principal, "writes")
 
     # -- output ---------------------------------------------------------------
 
@@ -430,10 +443,69 @@ class BaseHandler(LimitedRequestHandler):
         body = self.request_body()
         if not body and not required:
             return {}
-        media_type = self.request.headers.get("Content-Type", "").split(";", 1)[0].strip().lower()
-        if media_type != "application/json":
+        if self.media_type() != "application/json":
             raise UnsupportedMediaType("the body must be application/json")
         return parse_json_body(body)
+
+    def media_type(self) -> str:
+        """The request's ``Content-Type`` without parameters, lowercased ("" when absent)."""
+        return self.request.headers.get("Content-Type", "").split(";", 1)[0].strip().lower()
+
+    def decode_argument(self, value: bytes | str, name: str | None = None) -> str:
+        """A query or path argument decoded as UTF-8, never quoted in an error.
+
+        Every ``get_query_argument`` goes through here.  Tornado's own
+        version answers a 400 whose message quotes the first bytes of the
+        value, which for ``?ticket=`` or ``?token=`` is a credential.
+
+        :raises BadRequest: not UTF-8: ``invalid_query`` naming the argument
+            (a name the handler asked for, never one from the request), or
+            ``invalid_path`` for part of the path.
+        """
+        if isinstance(value, str):
+            return value
+        try:
+            return value.decode("utf-8")
+        except UnicodeDecodeError:
+            if name is None:
+                raise BadRequest("the path is not valid UTF-8 once percent-decoded", code="invalid_path") from None
+            raise BadRequest(f"the query argument {name} is not valid UTF-8", code="invalid_query") from None
+
+    def check_cookie_write(self) -> None:
+        """Refuse a write that the ``access_token`` cookie alone authenticates, unless a trusted page sent it.
+
+        ``SameSite=Lax`` keeps the cookie off another *site*'s writes, but a
+        sibling subdomain is the same site: its form could otherwise mark
+        read, delete or take stream tickets as the signed-in user.  So a
+        cookie-only write must say it comes from this server's own pages
+        (``Origin`` equal to ``Host``, or ``Sec-Fetch-Site: same-origin``,
+        which browsers set and pages cannot) or from an origin named in
+        ``--cors-origins`` (``*`` names none: it never carries
+        credentials), and its body, if any, must be JSON, which no form can
+        send.  A missing ``Origin`` is foreign: every browser sends one on
+        a cross-origin write.  Callers sending ``Authorization`` never get
+        here.
+
+        :raises Forbidden: ``cross_site_request``.
+        """
+        if self.request.method not in WRITE_METHODS:
+            return
+        headers = self.request.headers
+        origin = headers.get("Origin")
+        trusted = (
+            headers.get("Sec-Fetch-Site", "").strip().lower() == "same-origin"
+            or is_own_origin(origin, headers.get("Host"))
+            or self.deps.cors.lists(origin)
+        )
+        if not trusted:
+            raise Forbidden(
+                "a write authenticated by the cookie alone must come from this site's own pages or an allowed "
+                "origin; other clients send Authorization: Bearer",
+                code="cross_site_request",
+            )
+        if self.request_body() and self.media_type() != "application/json":
+            raise Forbidden("a write authenticated by the cookie alone must send its body as application/json",
+                            code="cross_site_request")
 
     def bearer(self) -> str | None:
         """The token of an ``Authorization: Bearer`` header, if one is sent.
@@ -449,14 +521,18 @@ class BaseHandler(LimitedRequestHandler):
         Order: ``Authorization: Bearer``, the ``access_token`` cookie, then
         (stream only, since EventSource cannot send headers) ``?ticket=``
         and ``?token=``.  The first one present decides: a bad header is
-        not rescued by a good cookie.
+        not rescued by a good cookie.  A write the cookie authenticates
+        must pass :meth:`check_cookie_write` first.
 
         :raises AuthError: no credential, or an invalid one.
+        :raises Forbidden: a cookie-only write from an untrusted page.
         """
         try:
             token = self.bearer()
             if token is None:
                 token = self.get_cookie("access_token") or None
+                if token is not None:
+                    self.check_cookie_write()
             if token is None and allow_query:
                 ticket = self.get_query_argument("ticket", None)
                 if ticket:

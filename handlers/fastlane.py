@@ -49,7 +49,6 @@ from core.connections import Device
 from core.validation import check_user_id, parse_json_body, validate_notification
 from handlers.base import (
     Deps,
-    InFlight,
     bearer_token,
     declared_length,
     error_answer,
@@ -57,7 +56,7 @@ from handlers.base import (
     json_headers,
     log_access,
     log_failure,
-    spend_publish,
+    spend_budget,
 )
 from handlers.stream import STREAM_HEADERS, hand_over, hello, plan_stream
 
@@ -152,10 +151,6 @@ class _Lane(httputil.HTTPMessageDelegate):
         self._headers = headers
         self._user_id = user_id
         self._started = time.time()
-        # Counted from the headers on, as a handler's prepare() does, so
-        # that shutdown waits for it.
-        self._inflight: InFlight | None = deps.inflight
-        deps.inflight.count += 1
         self._task: asyncio.Task[None] | None = None
 
     def finish(self) -> None:
@@ -166,12 +161,6 @@ class _Lane(httputil.HTTPMessageDelegate):
 
     def on_connection_close(self) -> None:
         """The client left before its request was in: nothing will answer it."""
-        self._stop_counting()
-
-    def _stop_counting(self) -> None:
-        if self._inflight is not None:
-            self._inflight.count -= 1
-            self._inflight = None
 
     def _log(self, status: int) -> None:
         log_access(status, self._start_line.method, self._start_line.path.split("?", 1)[0], time.time() - self._started)
@@ -197,7 +186,6 @@ class _Lane(httputil.HTTPMessageDelegate):
         self._connection.write_headers(
             httputil.ResponseStartLine("HTTP/1.1", status, REASONS[status]), httputil.HTTPHeaders(response), body)
         self._connection.finish()
-        self._stop_counting()
         self._log(status)
 
 
@@ -220,7 +208,7 @@ class FastPublish(_Lane):
             # The order of NotificationsHandler.post: who, how often, may
             # they, what.
             principal = deps.tokens.verify(bearer_token(headers["Authorization"]))
-            spend_publish(deps.publish_limiter, principal)
+            spend_budget(deps.publish_limiter, principal, "publishes")
             require_creator(principal, check_user_id(user_id))
             body = self._chunks[0] if len(self._chunks) == 1 else b"".join(self._chunks)
             fields = validate_notification(parse_json_body(body))
@@ -278,13 +266,11 @@ class FastStream(_Lane):
             # handler returning would.
             connection.set_close_callback(None)
             connection.finish()
-            self._stop_counting()
             self._log(200)
             return
-        chunked = connection._chunking_output
+        chunked = connection.chunked_output
         sock = connection.detach()
         self._device = None
-        self._stop_counting()
         self._log(200)
         await hand_over(deps, device, start, sock, chunked)
 
@@ -293,7 +279,6 @@ class FastStream(_Lane):
         device, self._device = self._device, None
         if device is not None:
             self._deps.manager.unsubscribe(device)
-        self._stop_counting()
 
 
 class LaneSorter(httputil.HTTPMessageDelegate):

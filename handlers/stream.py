@@ -21,6 +21,7 @@ from tornado.iostream import StreamClosedError
 
 from core.auth import Principal, require_reader
 from core.connections import SHUTDOWN, Device
+from core.errors import BadRequest
 from core.service import StreamStart
 from core.sockwriter import SocketWriter
 from core.sse import encode_comment, encode_event
@@ -90,6 +91,20 @@ async def hand_over(deps: Deps, device: Device, start: StreamStart, stream: sock
         manager.unsubscribe(device, SHUTDOWN)
 
 
+def _chunked_output(connection: Any) -> bool:
+    """Whether the stream's answer is chunk-framed on ``connection``.
+
+    :mod:`core.http1` says so publicly; Tornado's own ``HTTP1Connection``
+    (which serves the same application in the tests that compare the two
+    layers) keeps it in a private field of Tornado 6.6, which
+    ``requirements.txt`` pins.
+    """
+    chunked = getattr(connection, "chunked_output", None)
+    if chunked is None:
+        chunked = connection._chunking_output
+    return bool(chunked)
+
+
 class StreamHandler(BaseHandler):
     """The notification stream of one user, for one device."""
 
@@ -98,7 +113,7 @@ class StreamHandler(BaseHandler):
     async def get(self, user_id: str) -> None:
         """Open the stream, replay what was missed, then stay live."""
         principal = await self.authenticate(allow_query=True)
-        last_event_id = self.request.headers.get("Last-Event-ID") or self.get_query_argument("lastEventId", None)
+        last_event_id = self.request.headers.get("Last-Event-ID") or self._query_cursor()
         device, start = await plan_stream(self.deps, principal, user_id, last_event_id)
         self._device = device
         for name, value in STREAM_HEADERS.items():
@@ -116,12 +131,18 @@ class StreamHandler(BaseHandler):
         # the wire and nothing else will be written through Tornado, so this
         # handler and its request can be freed while the stream stays open
         # (most of an open stream's memory).  See docs/ARCHITECTURE.md.
-        chunked = self.request.connection._chunking_output  # type: ignore[attr-defined]
+        chunked = _chunked_output(self.request.connection)
         stream = self.detach()
         self._device = None  # the writer watches the connection from now on
-        self.on_finish()
         self.application.log_request(self)
         await hand_over(self.deps, device, start, stream, chunked)
+
+    def _query_cursor(self) -> str | None:
+        """``?lastEventId=``; one that is not UTF-8 is malformed, so treated as absent (the contract)."""
+        try:
+            return self.get_query_argument("lastEventId", None)
+        except BadRequest:
+            return None
 
     def on_connection_close(self) -> None:
         """The client went away before the stream was taken over: forget the device."""

@@ -169,12 +169,19 @@ class Server:
         self.port = port
         # A verify-only server (public key, no secret) has nothing to sign
         # with: its tests sign their own tokens, and .token() is unavailable.
-        self.tokens = TokenService(secret) if secret else None
+        # Signed for the server's --jwt-audience/--jwt-issuer, as its own are.
+        config = app.config
+        self.tokens = TokenService(secret, audience=config.jwt_audience, issuer=config.jwt_issuer) if secret else None
 
     @property
     def manager(self):
         """The server's SSE manager (for white-box checks of counters)."""
         return self.app.deps.manager
+
+    @property
+    def origin(self) -> str:
+        """The ``Origin`` the server's own pages send (writes made with the cookie alone need it)."""
+        return f"http://{self.host}:{self.port}"
 
     def token(self, user_id: str, role: str = "user", ttl: int = 600) -> str:
         """A valid JWT for ``user_id``."""

@@ -1,7 +1,8 @@
 """Authentication and permissions, as the contract's "Authentication" section
 states them: login and its cookie, logout, stream tickets, the order in which
 credentials are read, which tokens are refused, RS256/ES256 public keys, the
-user / publisher / admin roles, and query-string credentials kept out of logs.
+user / publisher / admin roles, the type of every claim, the audience and
+issuer checks, and query-string credentials kept out of logs.
 
 Every check goes over a real socket to a real server (see ``conftest.py``).
 """
@@ -312,7 +313,7 @@ async def test_login_cookie_authenticates_the_stream(server):
 async def test_logout_is_204_and_expires_the_cookie(server):
     await create_user(server, "alice")
     token = await login_token(server, "alice")
-    status, headers, _, raw = await server.request("POST", LOGOUT, headers=cookie(token))
+    status, headers, _, raw = await server.request("POST", LOGOUT, headers={**cookie(token), "Origin": server.origin})
     assert status == 204, raw
     assert raw == b""
     value, attributes = access_token_cookie(headers)
@@ -372,6 +373,23 @@ async def test_expired_stream_ticket_is_401(server):
     await server.app.runner.write(queries.store_ticket, digest, "alice", "user", expired_ms, None)
     client = await server.stream("alice", query=query(ticket=ticket), auth=False)
     assert_stream_refused(client, 401)
+
+
+async def test_expired_stream_tickets_are_deleted_and_live_ones_kept(server):
+    now_ms = int(time.time() * 1000)
+    for expires_ms in (now_ms - 1000, now_ms - 1):
+        await server.app.runner.write(queries.store_ticket, new_ticket()[1], "alice", "user", expires_ms, None)
+    live = await ticket_for(server, "alice")
+    assert await server.app.service.prune_tickets() == 2
+    client = await server.live_stream("alice", query=query(ticket=live), auth=False)
+    client.close()
+
+
+def test_expired_stream_tickets_are_deleted_every_minute(server):
+    # Not only with the hourly retention run: tickets live 30 s.
+    timer = server.app._prune_tickets
+    assert timer is not None and timer.is_running()
+    assert timer.callback_time <= 60_000
 
 
 async def test_unknown_stream_ticket_is_401(server):
@@ -488,6 +506,159 @@ async def test_a_signed_token_whose_subject_no_user_can_have_is_401(server, no_e
     status, headers, body, _ = await server.request("POST", TICKET, headers={"Authorization": f"Bearer {token}"})
     assert_unauthorized(status, headers, body)
     assert body["error"]["code"] == "invalid_token"
+
+
+#: Claims of the wrong type in tokens signed with the right key.  PyJWT lets
+#: most through (it reads the times with int(), which takes "9999999999"
+#: and true); a numeric-string exp then failed the request with a 500.
+BADLY_TYPED_CLAIMS = {
+    "exp-numeric-string": {"exp": "9999999999"},
+    "exp-true": {"exp": True},
+    "exp-null": {"exp": None},
+    "exp-nan": {"exp": float("nan")},
+    "exp-infinity": {"exp": float("inf")},
+    "exp-too-large-for-a-float": {"exp": 10**400},
+    "exp-list": {"exp": [9999999999]},
+    "exp-object": {"exp": {"seconds": 9999999999}},
+    "sub-number": {"sub": 42},
+    "sub-list": {"sub": ["alice"]},
+    "role-null": {"role": None},
+    "role-number": {"role": 1},
+    "role-list": {"role": ["admin"]},
+    "role-object": {"role": {"name": "admin"}},
+    "iat-numeric-string": {"iat": "0"},
+    "iat-true": {"iat": True},
+    "iat-null": {"iat": None},
+    "nbf-numeric-string": {"nbf": "0"},
+    "nbf-list": {"nbf": [0]},
+    "nbf-nan": {"nbf": float("nan")},
+}
+
+#: Every way a token reaches the server: the create's fast lane and its
+#: handler (a query string sends it there), a REST handler, and the stream
+#: by header and by ``?token=`` (both served by the stream lane) and by
+#: ``?token=`` through the handler.
+DOORS = ("post-lane", "post-handler", "rest", "stream-header", "stream-query", "stream-handler")
+
+
+async def answer_to_token(server: Any, token: str, door: str) -> tuple[int, Any, Any]:
+    """``(status, headers, JSON body or None)`` of alice's request carrying ``token`` through ``door``."""
+    auth = {"Authorization": f"Bearer {token}"}
+    if door in ("post-lane", "post-handler", "rest"):
+        if door == "rest":
+            status, headers, body, _ = await get_list(server, "alice", auth)
+        else:
+            path = notifications_path("alice") + ("?door=handler" if door == "post-handler" else "")
+            status, headers, body, _ = await server.request("POST", path, {"type": "info", "message": "hi"},
+                                                            headers=auth)
+        return status, headers, body
+    if door == "stream-header":
+        client = await server.stream("alice", headers=auth, auth=False)
+    elif door == "stream-query":
+        client = await server.stream("alice", query=query(token=token), auth=False)
+    else:
+        client = await server.stream("alice", query=query(token=token, door="handler"), auth=False)
+    body = json.loads(client.body_bytes) if client.status != 200 else None
+    client.close()
+    return client.status, client.headers, body
+
+
+@pytest.mark.parametrize("door", DOORS)
+@pytest.mark.parametrize("kind", sorted(BADLY_TYPED_CLAIMS))
+async def test_a_signed_token_with_a_claim_of_the_wrong_type_is_401_invalid_token(server, no_error_logged, kind, door):
+    token = forge({**claims(), **BADLY_TYPED_CLAIMS[kind]})
+    status, headers, body = await answer_to_token(server, token, door)
+    assert_unauthorized(status, headers, body)
+    assert body["error"]["code"] == "invalid_token"
+
+
+@pytest.mark.parametrize("door", DOORS)
+async def test_a_token_with_float_times_is_accepted(server, no_error_logged, door):
+    now = time.time()
+    token = forge(claims(exp=now + 600.5, iat=now - 1.5, nbf=now - 1.5))
+    status, _, body = await answer_to_token(server, token, door)
+    assert status in (200, 201), body
+
+
+# -- audience and issuer (--jwt-audience, --jwt-issuer) ----------------------------
+
+AUDIENCE = "notify-api"
+ISSUER = "https://id.example"
+
+#: ``aud`` and ``iss`` a server with ``--jwt-audience`` and ``--jwt-issuer`` accepts.
+ACCEPTED_SCOPES = {
+    "aud-string": {"aud": AUDIENCE, "iss": ISSUER},
+    "aud-list-naming-it": {"aud": ["other-api", AUDIENCE], "iss": ISSUER},
+}
+
+#: ... and those it refuses (401 ``invalid_token``).
+REFUSED_SCOPES = {
+    "no-aud": {"iss": ISSUER},
+    "other-aud": {"aud": "other-api", "iss": ISSUER},
+    "empty-aud": {"aud": "", "iss": ISSUER},
+    "aud-list-without-it": {"aud": ["other-api"], "iss": ISSUER},
+    "aud-list-with-a-number": {"aud": [AUDIENCE, 7], "iss": ISSUER},
+    "aud-number": {"aud": 7, "iss": ISSUER},
+    "aud-object": {"aud": {AUDIENCE: True}, "iss": ISSUER},
+    "no-iss": {"aud": AUDIENCE},
+    "other-iss": {"aud": AUDIENCE, "iss": "https://elsewhere.example"},
+    "iss-list": {"aud": AUDIENCE, "iss": [ISSUER]},
+    "iss-number": {"aud": AUDIENCE, "iss": 1},
+}
+
+
+@pytest.fixture
+def scoped_server(make_server):
+    """A server started with ``--jwt-audience`` and ``--jwt-issuer``."""
+    return make_server(jwt_audience=AUDIENCE, jwt_issuer=ISSUER)
+
+
+@pytest.mark.parametrize("door", DOORS)
+@pytest.mark.parametrize("kind", sorted(ACCEPTED_SCOPES))
+async def test_a_token_for_the_configured_audience_and_issuer_is_accepted(scoped_server, no_error_logged, kind, door):
+    token = forge({**claims(), **ACCEPTED_SCOPES[kind]})
+    status, _, body = await answer_to_token(scoped_server, token, door)
+    assert status in (200, 201), body
+
+
+@pytest.mark.parametrize("door", DOORS)
+@pytest.mark.parametrize("kind", sorted(REFUSED_SCOPES))
+async def test_a_token_for_another_audience_or_issuer_is_401_invalid_token(scoped_server, no_error_logged, kind, door):
+    token = forge({**claims(), **REFUSED_SCOPES[kind]})
+    status, headers, body = await answer_to_token(scoped_server, token, door)
+    assert_unauthorized(status, headers, body)
+    assert body["error"]["code"] == "invalid_token"
+
+
+@pytest.mark.parametrize("door", DOORS)
+async def test_login_issues_tokens_for_the_configured_audience_and_issuer(scoped_server, no_error_logged, door):
+    await create_user(scoped_server, "alice")
+    token = await login_token(scoped_server, "alice")
+    issued = jwt.decode(token, SECRET, algorithms=["HS256"], audience=AUDIENCE, issuer=ISSUER)
+    assert (issued["aud"], issued["iss"]) == (AUDIENCE, ISSUER)
+    status, _, body = await answer_to_token(scoped_server, token, door)
+    assert status in (200, 201), body
+
+
+async def test_login_cookie_works_with_audience_and_issuer_set(scoped_server, no_error_logged):
+    await create_user(scoped_server, "alice")
+    token = await login_token(scoped_server, "alice")
+    status, _, _, raw = await get_list(scoped_server, "alice", cookie(token))
+    assert status == 200, raw
+
+
+async def test_a_token_naming_an_audience_is_refused_where_none_is_configured(server, no_error_logged):
+    # RFC 7519 4.1.3: a recipient that is not among the token's audiences
+    # must refuse it; a server without --jwt-audience is in none.
+    token = forge(claims(aud=AUDIENCE))
+    status, headers, body, _ = await get_list(server, "alice", {"Authorization": f"Bearer {token}"})
+    assert_unauthorized(status, headers, body)
+    assert body["error"]["code"] == "invalid_token"
+
+
+async def test_a_token_naming_an_issuer_is_accepted_where_none_is_configured(server, no_error_logged):
+    status, _, _, raw = await get_list(server, "alice", {"Authorization": f"Bearer {forge(claims(iss=ISSUER))}"})
+    assert status == 200, raw
 
 
 async def test_hand_built_hs256_token_is_accepted(server):

@@ -82,7 +82,10 @@ async def test_replay_storm_finds_every_client_caught_up_with_no_gap_or_duplicat
     assert storm["resets"] == 0
 
 
-async def test_create_reports_stored_rate_and_the_servers_loop_lag(server, tmp_path):
+async def test_create_reports_stored_rate_and_the_servers_loop_lag(make_server, tmp_path):
+    # As fast as the server stores, with few tokens: a volume test, so no
+    # publish budget (the benchmarks themselves run one that never refuses).
+    server = await make_server(publish_rate=0)
     code, result, output = await run_loadgen(
         server.port, server.app.config.jwt_secret, tmp_path, "create",
         "--streams", "0", "--create-concurrency", "2", "--duration", "1", "--create-warmup", "0",

@@ -114,14 +114,15 @@ class Cluster:
         """A started node (``options`` go to :class:`RedisBroker`)."""
         if self.kind == "redis" and self._probe is None:
             # Subscribed before any node publishes (pub/sub keeps nothing for
-            # a later subscriber), and out of the instances list.
-            self._probe = await self._start("probe", key_prefix="test:probe:")
+            # a later subscriber), and out of the instances list (no stats:
+            # no heartbeat key).
+            self._probe = await self._start("probe", listed=False)
         return await self._start(name or f"node-{len(self.nodes)}", **options)
 
-    async def _start(self, name: str, **options: Any) -> Node:
+    async def _start(self, name: str, listed: bool = True, **options: Any) -> Node:
         node = Node(self.build(name, **options), name)
         self.nodes.append(node)
-        await node.broker.start(node.deliver, node.resync, lambda: dict(node.stats))
+        await node.broker.start(node.deliver, node.resync, (lambda: dict(node.stats)) if listed else None)
         return node
 
     async def settle(self, *nodes: Node) -> None:
@@ -273,7 +274,7 @@ async def test_a_message_from_this_instance_id_on_the_channel_is_ignored(redis_c
     a = await redis_cluster.node("a")
     b = await redis_cluster.node("b")
     # Not published through a's broker: only the origin says it is a's own.
-    await raw_publish(redis_server, "notify:events", b"a\n" + message(1).to_json().encode())
+    await raw_publish(redis_server, a.broker.channel, b"a\n" + message(1).to_json().encode())
     await b.wait_for_messages(1)
     await redis_cluster.settle(a, b)
     assert a.received == []
@@ -285,7 +286,7 @@ async def test_malformed_messages_are_skipped_without_breaking_the_subscription(
     a = await redis_cluster.node()
     await raw_publish(
         redis_server,
-        "notify:events",
+        a.broker.channel,
         b"no origin line",
         b"other\nnot json",
         b"other\n\xff\xfe",

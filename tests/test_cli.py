@@ -372,6 +372,15 @@ def test_issue_token_prints_a_jwt_with_sub_role_and_ttl():
     assert int(before) + 60 <= claims["exp"] <= int(after) + 61
 
 
+def test_issue_token_carries_the_configured_audience_and_issuer():
+    result = run(["issue-token", "bob", "--jwt-secret", SECRET, "--jwt-audience", "notify-api",
+                  "--jwt-issuer", "https://id.example"])
+    assert result.returncode == 0, result.stderr
+    [token] = result.stdout.split()
+    claims = jwt.decode(token, SECRET, algorithms=["HS256"], audience="notify-api", issuer="https://id.example")
+    assert (claims["aud"], claims["iss"]) == ("notify-api", "https://id.example")
+
+
 def test_issue_token_without_secret_fails_with_a_clear_error():
     assert_clean_failure(run(["issue-token", "bob"]), "--jwt-secret")
 

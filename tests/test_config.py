@@ -90,6 +90,7 @@ ENV_VALUES = {
     "--address": ("0.0.0.0", "0.0.0.0"),
     "--db-url": ("postgresql://u@db:5432/notify", "postgresql://u@db:5432/notify"),
     "--redis-url": ("redis://cache:6379/2", "redis://cache:6379/2"),
+    "--redis-namespace": ("tenant-a.blue_2", "tenant-a.blue_2"),
     "--jwt-secret": ("s3cret", "s3cret"),
     "--jwt-public-key": ("/etc/notify/key.pem", "/etc/notify/key.pem"),
     "--keepalive-interval": ("2.5", 2.5),
@@ -108,7 +109,12 @@ ENV_VALUES = {
     "--body-timeout": ("2", 2.0),
     "--publish-rate": ("12.5", 12.5),
     "--publish-burst": ("40", 40),
+    "--write-rate": ("2.5", 2.5),
+    "--write-burst": ("7", 7),
     "--cors-origins": ("https://app.example, http://localhost:3000", "https://app.example,http://localhost:3000"),
+    "--max-connections": ("5000", 5000),
+    "--jwt-audience": ("notify-api", "notify-api"),
+    "--jwt-issuer": ("https://id.example", "https://id.example"),
 }
 
 
@@ -176,6 +182,8 @@ def test_redis_urls_are_accepted(url):
         (["--db-url", "mysql://user@host/db"], "argument --db-url: expected sqlite:///"),
         (["--db-url", "notifications.db"], "argument --db-url: expected sqlite:///"),
         (["--redis-url", "http://x"], "argument --redis-url: expected redis://"),
+        (["--redis-namespace", "a:b"], "argument --redis-namespace: expected 1..64 letters, digits, '_', '.' or '-'"),
+        (["--redis-namespace", "x" * 65], "argument --redis-namespace: expected 1..64 letters, digits"),
         (["--keepalive-interval", "0"], "argument --keepalive-interval: must be greater than 0"),
         (["--max-devices-per-user", "many"], "argument --max-devices-per-user: invalid positive int value: 'many'"),
         (["--log-level", "loud"], "--log-level: expected debug, info, warning or error, got 'loud'"),
@@ -183,6 +191,8 @@ def test_redis_urls_are_accepted(url):
         (["--publish-rate", "nan"], "argument --publish-rate: must be a finite number, 0 or more, got 'nan'"),
         (["--publish-rate", "inf"], "argument --publish-rate: must be a finite number, 0 or more, got 'inf'"),
         (["--publish-burst", "1.5"], "argument --publish-burst: invalid non-negative int value: '1.5'"),
+        (["--write-rate", "-1"], "argument --write-rate: must be a finite number, 0 or more, got '-1'"),
+        (["--write-burst", "1.5"], "argument --write-burst: invalid non-negative int value: '1.5'"),
         (["--idle-timeout", "0"], "argument --idle-timeout: must be greater than 0"),
         (["--cors-origins", "https://app.example/"], "argument --cors-origins: expected http(s)://host[:port] without a path, got 'https://app.example/'"),
         (["--cors-origins", "app.example"], "argument --cors-origins: expected http(s)://host[:port]"),
@@ -214,9 +224,10 @@ def test_bad_environment_value_is_a_usage_error_naming_the_variable(capsys, vari
     assert fragment in message
 
 
-def test_limit_defaults_leave_publishing_unlimited_and_cors_off():
+def test_limit_defaults_budget_publishing_and_writes_and_leave_cors_off():
     config = load()
-    assert (config.publish_rate, config.publish_burst, config.cors_origins) == (0, 0, "")
+    assert (config.publish_rate, config.publish_burst, config.cors_origins) == (200, 0, "")
+    assert (config.write_rate, config.write_burst) == (20, 0)
     assert (config.max_header_kb, config.idle_timeout, config.body_timeout) == (32, 75, 30)
 
 

@@ -56,11 +56,29 @@ async def test_a_malformed_request_gets_a_json_400_and_the_connection_closes(ser
     await raw.close()
 
 
-async def test_garbage_after_a_good_request_ends_the_connection_after_its_answer(server):
+@pytest.mark.parametrize("request_bytes", [b"HEAD /health HTTP/1.1\r\n\r\n",
+                                           b"HEAD /health HTTP/1.1\r\nHost: t\r\nBad Header\r\n\r\n"],
+                         ids=["no Host", "a malformed header"])
+async def test_a_refused_head_request_gets_the_400_without_a_body(server, request_bytes):
+    raw = await Raw.open(server)
+    await raw.send(request_bytes)
+    head = await raw.reader.readuntil(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400 ") and b"Connection: close\r\n" in head
+    # No body (a client would take it for the next answer), and no length
+    # (should HEAD be a guess, any client reads an empty body up to the close).
+    assert b"Content-Length" not in head
+    assert await read_until_closed(raw) == b""
+    await raw.close()
+
+
+async def test_garbage_after_a_good_request_is_refused_after_its_answer_then_closed(server):
     raw = await Raw.open(server)
     await raw.send(get("/health") + b"\x00\x01 not http\r\n\r\n")
     status, _, _ = await raw.response()
     assert status == 200
+    status, headers, body = await raw.response()
+    assert_error_body(status, body, 400, "bad_request")
+    assert headers["Connection"] == "close"
     assert await read_until_closed(raw) == b""
     await raw.close()
 
@@ -88,6 +106,17 @@ async def test_http10_keep_alive_keeps_the_connection_for_the_next_request(serve
 async def test_connection_close_is_answered_then_closed(server):
     raw = await Raw.open(server)
     await raw.send(get("/health", extra="Connection: close\r\n"))
+    status, headers, _ = await raw.response()
+    assert (status, headers["Connection"]) == (200, "close")
+    assert await read_until_closed(raw) == b""
+    await raw.close()
+
+
+async def test_a_close_option_anywhere_in_connection_is_answered_then_closed(server):
+    # The close option in a list (RFC 9110, 7.6.1): the answer says the
+    # connection ends, and it does (llhttp reads nothing after it anyway).
+    raw = await Raw.open(server)
+    await raw.send(get("/health", extra="Connection: keep-alive, close\r\n"))
     status, headers, _ = await raw.response()
     assert (status, headers["Connection"]) == (200, "close")
     assert await read_until_closed(raw) == b""
@@ -125,9 +154,9 @@ async def test_an_upgrade_request_is_answered_as_plain_http_then_closed(server):
 async def test_a_client_leaving_mid_body_is_not_counted_in_flight(server):
     raw = await Raw.open(server)
     await raw.send(post_head(server, len(BODY)) + BODY[:5])
-    await wait_until(lambda: server.app.deps.inflight.count == 1)
+    await wait_until(lambda: server.app.deps.http_counters.in_flight == 1)
     await raw.close()
-    await wait_until(lambda: server.app.deps.inflight.count == 0)
+    await wait_until(lambda: server.app.deps.http_counters.in_flight == 0)
 
 
 # -- the fast lane ----------------------------------------------------------------
@@ -143,12 +172,13 @@ async def test_the_usual_create_does_not_go_through_the_request_handler(server, 
 
 
 async def test_the_fast_lane_answers_as_the_handler_does(server):
-    # Authorization header: the fast lane.  Cookie: the handler.
+    # Authorization header: the fast lane.  Cookie (from the server's own
+    # page): the handler.
     token = server.token("alice")
     lane = await server.request("POST", NOTIFICATIONS, {"type": "info", "message": "same"},
                                 headers={"Authorization": f"Bearer {token}"})
     handler = await server.request("POST", NOTIFICATIONS, {"type": "info", "message": "same"},
-                                   headers={"Cookie": f"access_token={token}"})
+                                   headers={"Cookie": f"access_token={token}", "Origin": server.origin})
     assert lane[0] == handler[0] == 201
     ignore = {"Date", "Location", "Content-Length"}
     assert sorted(k for k in HTTPHeaders(lane[1]).keys() if k not in ignore) == sorted(
@@ -173,7 +203,7 @@ async def test_the_fast_lane_answers_as_the_handler_does(server):
 async def test_the_fast_lane_refuses_bad_bodies_as_the_handler_does(server, body, status, code):
     token = server.token("alice")
     answers = []
-    for credential in ({"Authorization": f"Bearer {token}"}, {"Cookie": f"access_token={token}"}):
+    for credential in ({"Authorization": f"Bearer {token}"}, {"Cookie": f"access_token={token}", "Origin": server.origin}):
         answers.append(await server.request("POST", NOTIFICATIONS, body,
                                             headers={"Content-Type": "application/json", **credential}))
     (lane_status, _, lane_body, _), (handler_status, _, handler_body, _) = answers

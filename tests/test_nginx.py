@@ -8,8 +8,10 @@ nginx runs in the foreground with everything (pid, logs, temp files) under
 the test's temporary directory.  Tests then talk to nginx only, and check
 what SSE needs from a proxy: no buffering (an event and a ``: ping`` arrive
 while the connection stays open), the stream's headers and chunked framing,
-JSON errors untouched, streams spread over both backends, and a backend
-that stops ending its streams cleanly so the reconnect resumes on the other.
+JSON errors untouched, the browser's Host passed on with its port (so a
+cookie write from the page nginx serves is the server's own origin),
+streams spread over both backends, and a backend that stops ending its
+streams cleanly so the reconnect resumes on the other.
 """
 
 from __future__ import annotations
@@ -131,9 +133,10 @@ class Proxied:
         self.port = port
         self.backends = backends
 
-    def request(self, method: str, path: str, body: Any = None, token: str | None = None) -> tuple[int, dict[str, str], bytes]:
-        """``(status, lower-case headers, raw body)`` of one request through nginx."""
-        headers = {"Accept": "application/json"}
+    def request(self, method: str, path: str, body: Any = None, token: str | None = None,
+                extra: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+        """``(status, lower-case headers, raw body)`` of one request through nginx (plus ``extra`` headers)."""
+        headers = {"Accept": "application/json", **(extra or {})}
         if body is not None:
             headers["Content-Type"] = "application/json"
         if token:
@@ -224,6 +227,29 @@ def test_json_errors_pass_through_nginx_unchanged(proxied, method, path, status)
     assert headers["content-type"].startswith("application/json"), headers
     error = json.loads(raw)["error"]
     assert set(error) == {"code", "message"} and error["code"]
+
+
+def test_requests_the_backends_refuse_never_make_nginx_answer_502_to_good_ones(proxied):
+    # A request the backend refuses must get its answer, not a dropped
+    # connection: nginx counts a dropped connection as a failed backend
+    # (max_fails=1) and, with both marked down, answers 502 to everyone.
+    refused = "/api/v1/stats?" + "&".join(f"f{i}=1" for i in range(1001))
+    bad, good = [], []
+    for _ in range(20):
+        bad.append(proxied.request("GET", refused)[0])
+        good.extend(proxied.request("GET", path)[0] for path in ("/health", "/api/v1/stats"))
+    assert set(bad) == {400}, bad
+    assert set(good) == {200}, good
+
+
+@pytest.mark.parametrize(("page", "status"), [("served through nginx", 200), ("foreign", 403)])
+def test_a_cookie_write_is_accepted_from_the_page_nginx_serves_and_refused_from_another(proxied, page, status):
+    # nginx passes the Host the browser sent, port included ($http_host),
+    # so the Origin of a page it serves names the Host the server sees.
+    origin = f"http://{proxied.host}:{proxied.port}" if page == "served through nginx" else "https://evil.example"
+    got, _, raw = proxied.request("POST", "/api/v1/auth/stream-ticket",
+                                  extra={"Cookie": f"access_token={token_for('alice')}", "Origin": origin})
+    assert got == status, raw
 
 
 # -- two backends --------------------------------------------------------------------------

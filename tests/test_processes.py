@@ -219,6 +219,19 @@ def test_a_notification_reaches_the_users_streams_on_both_processes(tmp_path, re
             stream.close()
 
 
+def test_processes_with_a_redis_database_and_namespace_reach_each_others_streams(tmp_path, redis, new_db_url):
+    url = f"redis://{redis.host}:{redis.port}/3"
+    with cluster(tmp_path, redis, new_db_url("processes"), "--redis-url", url, "--redis-namespace", "blue") as running:
+        streams = running.stream_on_each("alice")
+        status, created = http_request(running.host, running.port, "POST", "/api/v1/users/alice/notifications",
+                                       {"type": "info", "message": "to every device"}, token_for("alice"))
+        assert status == 201, created
+        for instance, stream in streams.items():
+            event = stream.next_event()
+            assert (event.type, event.json()) == ("message", created), instance
+            stream.close()
+
+
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_a_stop_signal_ends_streams_on_both_processes_with_the_terminator_and_exits_0(tmp_path, redis, new_db_url, signum):
     with cluster(tmp_path, redis, new_db_url("processes")) as running:

@@ -1,16 +1,23 @@
-"""The publish rate limit: a token bucket per principal (``--publish-rate``).
+"""The write budgets: a token bucket per principal for each.
 
 ``POST .../notifications`` and ``POST /api/v1/events`` spend one token of
-the caller's bucket (keyed by the token's subject); an empty bucket answers
-429 with ``Retry-After`` in whole seconds, and stores nothing.  Off by
-default.  Time is a hand-driven clock, never a sleep.
+the caller's publish bucket (``--publish-rate``, default 200/s); stream
+tickets, ``PATCH`` read state, ``read-all`` and ``DELETE`` spend one of the
+caller's write bucket (``--write-rate``, default 20/s).  Buckets are keyed
+by the token's subject; an empty one answers 429 ``rate_limited`` with
+``Retry-After`` in whole seconds, and nothing is written.  A rate of 0
+turns a budget off.  Time is a hand-driven clock, never a sleep.
 """
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from core.ratelimit import RateLimiter
+from models import queries
+from models.tables import StreamTicket
 from tests.support.checks import assert_error
 
 pytestmark = [pytest.mark.timeout(30), pytest.mark.usefixtures("no_error_logged")]
@@ -172,7 +179,136 @@ async def test_reading_is_not_rate_limited(make_server):
         assert status == 200, raw
 
 
-async def test_publishing_is_not_rate_limited_by_default(server):
+async def test_publishing_past_the_burst_is_429_on_the_handler_door_too(make_server):
+    server, _ = await limited_server(make_server, burst=1)
+    path = "/api/v1/users/alice/notifications?door=handler"
+    assert (await server.request("POST", path, {"type": "info", "message": "hi"}, as_user="alice"))[0] == 201
+    response = await server.request("POST", path, {"type": "info", "message": "hi"}, as_user="alice")
+    assert_error(response, 429, "rate_limited")
+    assert await stored(server, "alice") == 1
+
+
+async def test_publishing_is_limited_by_default_to_200_a_second(server):
+    server.app.deps.publish_limiter.clock = Clock()
+    for batch in range(4):
+        answers = await asyncio.gather(*(publish(server) for _ in range(50)))
+        assert [status for status, *_ in answers] == [201] * 50, batch
+    response = await publish(server)
+    assert_error(response, 429, "rate_limited")
+    assert response[1]["Retry-After"] == "1"
+
+
+async def test_a_publish_rate_of_zero_turns_the_publish_limit_off(make_server):
+    server = await make_server(publish_rate=0)
     assert server.app.deps.publish_limiter is None
-    for _ in range(30):
-        assert (await publish(server))[0] == 201
+    answers = await asyncio.gather(*(publish(server) for _ in range(30)))
+    assert [status for status, *_ in answers] == [201] * 30
+
+
+# -- the write budget -----------------------------------------------------------------------
+
+
+NOTIFICATIONS = "/api/v1/users/alice/notifications"
+
+
+async def ticket(server, user_id: str = "alice"):
+    """``POST /api/v1/auth/stream-ticket``; the raw response."""
+    return await server.request("POST", "/api/v1/auth/stream-ticket", as_user=user_id)
+
+
+async def write_limited_server(make_server, burst: int = 2):
+    """A server whose write budget is ``burst`` at once, 1 a second, on a clock the test drives."""
+    server = await make_server(write_rate=1, write_burst=burst)
+    clock = Clock()
+    server.app.deps.write_limiter.clock = clock
+    return server, clock
+
+
+async def spend_writes(server, count: int, user_id: str = "alice") -> None:
+    """Spend ``count`` writes of ``user_id`` (stream tickets: no stream events)."""
+    for _ in range(count):
+        status, _, _, raw = await ticket(server, user_id)
+        assert status == 200, raw
+
+
+async def tickets_stored(server) -> int:
+    return await server.app.runner.read(lambda: StreamTicket.select().count())
+
+
+async def events_stored(server, user_id: str = "alice") -> int:
+    return len(await server.app.runner.read(queries.events_after, user_id, 0, 1000))
+
+
+async def test_write_limiter_is_on_by_default_at_20_a_second(server):
+    assert (server.app.deps.write_limiter.rate, server.app.deps.write_limiter.burst) == (20, 20)
+    server.app.deps.write_limiter.clock = Clock()
+    await spend_writes(server, 20)
+    response = await ticket(server)
+    assert_error(response, 429, "rate_limited")
+    assert response[1]["Retry-After"] == "1"
+
+
+async def test_a_stream_ticket_past_the_write_budget_is_429_and_stores_no_ticket(make_server):
+    server, _ = await write_limited_server(make_server)
+    await spend_writes(server, 2)
+    before = await tickets_stored(server)
+    response = await ticket(server)
+    assert_error(response, 429, "rate_limited")
+    assert response[1]["Retry-After"] == "1"
+    assert await tickets_stored(server) == before
+
+
+@pytest.mark.parametrize("route", ["mark read", "read-all", "delete"])
+async def test_a_write_past_the_write_budget_is_429_and_writes_no_stream_event(make_server, route):
+    server, _ = await write_limited_server(make_server)
+    created = await server.notify("alice")
+    await spend_writes(server, 2)
+    events = await events_stored(server)
+    item = f"{NOTIFICATIONS}/{created['notificationId']}"
+    method, path, body = {
+        "mark read": ("PATCH", item, {"read": True}),
+        "read-all": ("POST", f"{NOTIFICATIONS}/read-all", None),
+        "delete": ("DELETE", item, None),
+    }[route]
+    response = await server.request(method, path, body, as_user="alice")
+    assert_error(response, 429, "rate_limited")
+    assert response[1]["Retry-After"] == "1"
+    assert await events_stored(server) == events
+    status, _, unchanged, _ = await server.request("GET", item, as_user="alice")
+    assert status == 200 and unchanged["readAt"] is None
+
+
+async def test_writes_are_allowed_again_after_the_write_bucket_refills(make_server):
+    server, clock = await write_limited_server(make_server)
+    await spend_writes(server, 2)
+    assert_error(await ticket(server), 429, "rate_limited")
+    clock.now += 1
+    assert (await ticket(server))[0] == 200
+
+
+async def test_another_principal_has_its_own_write_budget(make_server):
+    server, _ = await write_limited_server(make_server)
+    await spend_writes(server, 2)
+    assert_error(await ticket(server), 429, "rate_limited")
+    assert (await ticket(server, "bob"))[0] == 200
+
+
+async def test_an_empty_write_budget_leaves_publishing_allowed(make_server):
+    server, _ = await write_limited_server(make_server)
+    await spend_writes(server, 2)
+    assert_error(await ticket(server), 429, "rate_limited")
+    assert (await publish(server))[0] == 201
+
+
+async def test_an_empty_publish_budget_leaves_other_writes_allowed(make_server):
+    server = await make_server(publish_rate=1, publish_burst=1)
+    server.app.deps.publish_limiter.clock = Clock()
+    assert (await publish(server))[0] == 201
+    assert_error(await publish(server), 429, "rate_limited")
+    assert (await ticket(server))[0] == 200
+
+
+async def test_a_write_rate_of_zero_turns_the_write_limit_off(make_server):
+    server = await make_server(write_rate=0)
+    assert server.app.deps.write_limiter is None
+    await spend_writes(server, 30)

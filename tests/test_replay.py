@@ -164,8 +164,10 @@ async def test_named_events_replay_with_their_names(server):
     resumed.close()
 
 
-async def test_replay_longer_than_one_page_arrives_complete_and_in_order(server):
-    # core/service.py reads the log in pages of 500 events.
+async def test_replay_longer_than_one_page_arrives_complete_and_in_order(make_server):
+    # core/service.py reads the log in pages of 500 events.  A volume test,
+    # not one of the publish budget: publishing is not limited here.
+    server = await make_server(publish_rate=0)
     total = 1200
     first = await server.live_stream("alice")
     start = cursor_of((await notify_seen(server, first, "alice", 1))[0])
@@ -301,8 +303,9 @@ def slow_down_history_reads(monkeypatch, seconds: float = 0.02) -> None:
 
 @pytest.mark.parametrize("history_delay", [0.0, 0.02], ids=["as-is", "slow-history"])
 async def test_replay_during_concurrent_publishing_misses_nothing_and_repeats_nothing(make_server, monkeypatch, history_delay):
-    # Room for the witness and every reconnection at once.
-    server = await make_server(max_devices_per_user=20)
+    # Room for the witness and every reconnection at once; publishing as
+    # fast as the server stores (a test of the handover, not of the budget).
+    server = await make_server(max_devices_per_user=20, publish_rate=0)
     if history_delay:
         slow_down_history_reads(monkeypatch, history_delay)
     witness = await server.live_stream("alice")

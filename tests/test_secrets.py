@@ -207,7 +207,8 @@ async def test_monitoring_answers_show_no_credential_after_traffic(server):
     await server.app.service.create_user("carol", PASSWORD)
     status, _, login, _ = await server.request("POST", LOGIN, {"userId": "carol", "password": PASSWORD})
     assert status == 200
-    status, _, ticket, _ = await server.request("POST", "/api/v1/auth/stream-ticket", headers={"Cookie": f"access_token={login['token']}"})
+    status, _, ticket, _ = await server.request("POST", "/api/v1/auth/stream-ticket",
+                                                headers={"Cookie": f"access_token={login['token']}", "Origin": server.origin})
     assert status == 200
     by_ticket = await server.live_stream("carol", query=urllib.parse.urlencode({"ticket": ticket["ticket"]}), auth=False)
     by_token = await server.live_stream("carol", query=urllib.parse.urlencode({"token": login["token"]}), auth=False)

@@ -98,7 +98,7 @@ async def test_a_body_trickled_too_slowly_is_disconnected(quick):
     assert await asyncio.wait_for(closing, 5) == b""  # cut off without an answer
     assert sent < 900
     writer.close()
-    await wait_until(lambda: server.app.deps.inflight.count == 0)
+    await wait_until(lambda: server.app.deps.http_counters.in_flight == 0)
 
 
 async def test_a_quiet_stream_outlives_the_timeouts(quick):
