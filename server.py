@@ -25,22 +25,23 @@ import tornado.web
 from tornado import httputil
 from tornado.ioloop import IOLoop, PeriodicCallback
 
-from core.auth import ROLES, TokenService
-from core.broker import Broker, LocalBroker, StreamMessage
-from core.broker_redis import RedisBroker
-from core.config import Config, ConfigError, add_options, build_config, parse_origins
-from core.connections import ConnectionManager
-from core.cors import CorsPolicy
-from core.errors import Unavailable
-from core.event_bus import EventBus
-from core.http1 import HTTP1Server, HTTPCounters
-from core.looplag import LoopLagMonitor
-from core.metrics import Metrics
-from core.passwords import PasswordPool
-from core.ratelimit import RateLimiter
-from core.service import DOMAIN_EVENTS, NotificationService
-from core.supervisor import ChildLink, Supervisor
-from core.validation import check_user_id
+from core.domain.auth import ROLES, TokenService
+from core.fanout.broker import Broker, LocalBroker
+from core.domain.messages import StreamMessage
+from core.fanout.redis_broker import RedisBroker
+from core.runtime.config import Config, ConfigError, add_options, build_config, parse_origins
+from core.streams.manager import StreamManager
+from handlers.cors import CorsPolicy
+from core.domain.errors import Unavailable
+from core.fanout.event_bus import EventBus
+from core.transport.http1 import HTTP1Server, HTTPCounters
+from core.runtime.looplag import LoopLagMonitor
+from core.runtime.metrics import Metrics
+from core.domain.passwords import PasswordPool
+from core.domain.ratelimit import RateLimiter
+from core.domain.service import DOMAIN_EVENTS, NotificationService
+from core.runtime.supervisor import ChildLink, Supervisor
+from core.domain.validation import check_user_id
 from handlers.api import (
     EventsHandler,
     LoginHandler,
@@ -94,7 +95,7 @@ def log_request(handler: tornado.web.RequestHandler) -> None:
     log_access(handler.get_status(), request.method, request.path, request.request_time())
 
 
-def wire(bus: EventBus, broker: Broker, manager: ConnectionManager, service: NotificationService) -> None:
+def wire(bus: EventBus, broker: Broker, manager: StreamManager, service: NotificationService) -> None:
     """Connect the bus to the SSE manager through the broker (as in the seed).
 
     Every stored change goes ``bus -> broker -> every process's manager``; a
@@ -105,7 +106,7 @@ def wire(bus: EventBus, broker: Broker, manager: ConnectionManager, service: Not
     manager.on_gap = lambda device: asyncio.ensure_future(service.catch_up(manager, device))
 
 
-def deliver_to(manager: ConnectionManager):
+def deliver_to(manager: StreamManager):
     """The broker's delivery callback: push a message to its user's devices."""
 
     publish = manager.publish
@@ -201,7 +202,7 @@ class NotifyApp(tornado.web.Application):
         return self.deps.service
 
     @property
-    def manager(self) -> ConnectionManager:
+    def manager(self) -> StreamManager:
         """The SSE manager."""
         return self.deps.manager
 
@@ -297,7 +298,7 @@ def make_app(config: Config) -> NotifyApp:
     runner = _open_runner(config)
     bus = EventBus()
     instance_id = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(2)}"
-    manager = ConnectionManager(config.max_devices_per_user, config.keepalive_interval, instance_id)
+    manager = StreamManager(config.max_devices_per_user, config.keepalive_interval, instance_id)
     service = NotificationService(runner, bus, tokens, history_days=config.history_days, token_ttl=config.token_ttl,
                                   passwords=PasswordPool())
     http_counters = HTTPCounters()
@@ -332,7 +333,7 @@ def make_app(config: Config) -> NotifyApp:
 def make_http_server(app: NotifyApp) -> HTTP1Server:
     """The HTTP server for ``app``, with the connection limits of its config.
 
-    The connection layer is :mod:`core.http1` (httptools underneath
+    The connection layer is :mod:`core.transport.http1` (httptools underneath
     Tornado's Application), not Tornado's own ``HTTPServer``: it costs less
     than half as much CPU per request (see docs/PERFORMANCE.md).
 
@@ -370,7 +371,7 @@ def make_http_server(app: NotifyApp) -> HTTP1Server:
 GC_SWEEP_INTERVAL = 60.0
 
 
-def tune_gc(manager: ConnectionManager, sweep_interval: float = GC_SWEEP_INTERVAL) -> PeriodicCallback:
+def tune_gc(manager: StreamManager, sweep_interval: float = GC_SWEEP_INTERVAL) -> PeriodicCallback:
     """Keep garbage collection from pausing thousands of streams.
 
     With 18,000 streams a full collection over every stream's objects
@@ -494,7 +495,7 @@ def serve_processes(config: Config) -> int:
     fork: the flags are checked, the demo secret is generated once (so a
     token from one process is valid on all), and the listening sockets are
     bound.  Each child then builds its own app, loop, database connections
-    and threads (see :mod:`core.supervisor`).
+    and threads (see :mod:`core.runtime.supervisor`).
 
     :raises StartupError: without ``--redis-url`` (no process would see the
         others' publishes), over an in-memory database (each process would

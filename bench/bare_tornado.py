@@ -15,9 +15,9 @@ per-request figures can be split into "Tornado" and "ours".  Two layers:
     only Tornado's connection and parser remain.
 ``--layer lean``
     the same delegate behind the product's own connection layer
-    (:mod:`core.http1`: httptools, one reader callback, direct sends).
+    (:mod:`core.transport.http1`: httptools, one reader callback, direct sends).
 ``--layer lean-handler``
-    the ``handler`` application behind :mod:`core.http1`.
+    the ``handler`` application behind :mod:`core.transport.http1`.
 
 No auth, storage, validation or fan-out.  Routes, as ``bench/floor.py``:
 ``POST /api/v1/users/{u}/notifications`` -> 201 JSON, ``GET /health``,
@@ -143,7 +143,7 @@ async def serve(port, layer):
     else:
         target = _Router()
     if layer.startswith("lean"):
-        from core.http1 import HTTP1Server
+        from core.transport.http1 import HTTP1Server
 
         server = HTTP1Server(target)
         server.add_sockets(tornado.netutil.bind_sockets(port, "127.0.0.1", backlog=4096))

@@ -4,7 +4,7 @@
 # Runs the `create` scenario (closed loop, keep-alive connections posting
 # notifications) against, in turn: bench/floor.py (raw asyncio), the
 # smallest Tornado servers of bench/bare_tornado.py on each layer (Tornado's
-# HTTPServer with a RequestHandler or a bare delegate; core/http1.py with
+# HTTPServer with a RequestHandler or a bare delegate; core/transport/http1.py with
 # the same two), and the product (server.py, SQLite).  Server on CPU 0, load
 # generator on CPU 1, one server at a time, a fresh database each.
 #

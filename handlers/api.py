@@ -1,7 +1,7 @@
 """REST handlers: authentication, notifications, events for other modules.
 
 Every ``{userId}`` taken from a path is checked with
-:func:`~core.validation.check_user_id` before it reaches a query: an id no
+:func:`~core.domain.validation.check_user_id` before it reaches a query: an id no
 user can have (a control character, over 128 characters) is a 422, where
 PostgreSQL would otherwise refuse the parameter (NUL) and answer a 500.
 """
@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import urllib.parse
 
-from core.auth import require_creator, require_event_publisher, require_reader
-from core.errors import ValidationError
-from core.validation import (
+from core.domain.auth import require_creator, require_event_publisher, require_reader
+from core.domain.errors import ValidationError
+from core.domain.validation import (
     check_user_id,
     parse_bool,
     parse_limit,

@@ -21,12 +21,12 @@ import tornado.iostream
 import tornado.web
 from tornado import httputil
 
-from core.auth import Principal, TokenService
-from core.broker import Broker
-from core.config import Config
-from core.connections import ConnectionManager
-from core.cors import CorsPolicy
-from core.errors import (
+from core.domain.auth import Principal, TokenService
+from core.fanout.broker import Broker
+from core.runtime.config import Config
+from core.streams.manager import StreamManager
+from handlers.cors import CorsPolicy
+from core.domain.errors import (
     AuthError,
     BadRequest,
     DomainError,
@@ -36,10 +36,10 @@ from core.errors import (
     TooManyRequests,
     UnsupportedMediaType,
 )
-from core.http1 import HTTPCounters
-from core.ratelimit import RateLimiter
-from core.service import NotificationService
-from core.validation import Encoded, parse_json_body
+from core.transport.http1 import HTTPCounters
+from core.domain.ratelimit import RateLimiter
+from core.domain.service import NotificationService
+from core.domain.validation import Encoded, parse_json_body
 
 log = logging.getLogger("notify.http")
 access_log = logging.getLogger("notify.access")
@@ -218,15 +218,15 @@ class Deps:
 
     config: Config
     service: NotificationService
-    manager: ConnectionManager
+    manager: StreamManager
     tokens: TokenService
     broker: Broker
     instance_id: str
     metrics: Any
     #: Requests in flight and refusals, counted by the connection layer
-    #: (:class:`core.http1.HTTPCounters`).
+    #: (:class:`core.transport.http1.HTTPCounters`).
     http_counters: HTTPCounters
-    #: A :class:`core.looplag.LoopLagMonitor`, or None where nothing samples.
+    #: A :class:`core.runtime.looplag.LoopLagMonitor`, or None where nothing samples.
     loop_lag: Any = None
     #: ``--cors-origins``; the default allows no other origin.
     cors: CorsPolicy = dataclasses.field(default_factory=CorsPolicy)
@@ -277,7 +277,7 @@ class LimitedRequestHandler(tornado.web.RequestHandler):
     the limit, and in both cases the client gets the JSON 413 however big
     the body is, while the server never holds more than the limit.  The
     connection is then closed, after a lingering drain (see
-    :meth:`core.http1.Connection.finish`) so that a client still sending
+    :meth:`core.transport.http1.Connection.finish`) so that a client still sending
     does get the answer.
     """
 

@@ -5,7 +5,7 @@ service serves most, and Tornado's ``Application``/``RequestHandler``
 machinery (routing, a handler object, its header dicts, ``_execute``'s
 coroutine, ``flush``) costs about 200 us of CPU per request on this VM, more
 than the product's own work for a create (``bench/calibrate.sh``: 282 us per
-request for a RequestHandler on :mod:`core.http1`, 103 us for a bare
+request for a RequestHandler on :mod:`core.transport.http1`, 103 us for a bare
 ``HTTPMessageDelegate``).  So, as Tornado's own WebSocket support steps
 around the handler once its headers are out, these two are served as bare
 ``HTTPMessageDelegate`` objects on the connection, in their usual shapes:
@@ -43,10 +43,10 @@ from typing import Any
 from tornado import httputil
 from tornado.iostream import StreamClosedError
 
-from core.auth import require_creator
-from core.http1 import REASONS
-from core.connections import Device
-from core.validation import check_user_id, parse_json_body, validate_notification
+from core.domain.auth import require_creator
+from core.transport.http1 import REASONS
+from core.streams.manager import Device
+from core.domain.validation import check_user_id, parse_json_body, validate_notification
 from handlers.base import (
     Deps,
     bearer_token,

@@ -6,8 +6,8 @@ import asyncio
 
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from core.auth import require_admin
-from core.errors import BadRequest
+from core.domain.auth import require_admin
+from core.domain.errors import BadRequest
 from handlers.base import BaseHandler
 
 #: How long /health waits for the database before calling it down.

@@ -19,13 +19,13 @@ from typing import Any
 
 from tornado.iostream import StreamClosedError
 
-from core.auth import Principal, require_reader
-from core.connections import SHUTDOWN, Device
-from core.errors import BadRequest
-from core.service import StreamStart
-from core.sockwriter import SocketWriter
-from core.sse import encode_comment, encode_event
-from core.validation import check_user_id, compact_json, parse_cursor
+from core.domain.auth import Principal, require_reader
+from core.streams.manager import SHUTDOWN, Device
+from core.domain.errors import BadRequest
+from core.domain.service import StreamStart
+from core.streams.writer import SocketWriter
+from core.streams.sse import encode_comment, encode_event
+from core.domain.validation import check_user_id, compact_json, parse_cursor
 from handlers.base import BaseHandler, Deps, log
 
 #: The headers of a stream's answer (on top of the JSON defaults, whose
@@ -94,7 +94,7 @@ async def hand_over(deps: Deps, device: Device, start: StreamStart, stream: sock
 def _chunked_output(connection: Any) -> bool:
     """Whether the stream's answer is chunk-framed on ``connection``.
 
-    :mod:`core.http1` says so publicly; Tornado's own ``HTTP1Connection``
+    :mod:`core.transport.http1` says so publicly; Tornado's own ``HTTP1Connection``
     (which serves the same application in the tests that compare the two
     layers) keeps it in a private field of Tornado 6.6, which
     ``requirements.txt`` pins.

@@ -28,9 +28,9 @@ from typing import Any, Callable, Iterator
 import pytest
 import tornado.netutil
 
-from core.auth import TokenService
-from core.config import Config
-from core.http1 import HTTP1Server
+from core.domain.auth import TokenService
+from core.runtime.config import Config
+from core.transport.http1 import HTTP1Server
 from server import NotifyApp, make_app, make_http_server
 from tests.support import leaks
 from tests.support.redis_server import RedisServer

@@ -26,7 +26,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from core.auth import new_ticket
+from core.domain.auth import new_ticket
 from models import queries
 from tests.conftest import SECRET
 

@@ -1,4 +1,4 @@
-"""The contract every broker keeps (``core.broker.Broker``).
+"""The contract every broker keeps (``core.fanout.broker.Broker``).
 
 After Mercure's transport tests: one suite, run against each implementation.
 The tests parametrized by ``cluster`` run for both the in-process
@@ -19,8 +19,9 @@ from typing import Any, Callable
 import pytest
 import redis.asyncio as aioredis
 
-from core.broker import LocalBroker, StreamMessage
-from core.broker_redis import RedisBroker
+from core.fanout.broker import LocalBroker
+from core.domain.messages import StreamMessage
+from core.fanout.redis_broker import RedisBroker
 from tests.support.checks import wait_until
 
 pytestmark = pytest.mark.timeout(60)

@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from core.validation import compact_json
+from core.domain.validation import compact_json
 from models import queries
 from tests.support.checks import cursor_of
 

@@ -1,4 +1,4 @@
-"""Unit tests of ``core.config``: defaults, ``NOTIFY_*`` variables, flags.
+"""Unit tests of ``core.runtime.config``: defaults, ``NOTIFY_*`` variables, flags.
 
 The settings are read the way ``server.py`` reads them: flags declared by
 ``add_options`` on an argparse parser, merged by ``build_config`` over the
@@ -14,7 +14,7 @@ from typing import Mapping, Sequence
 
 import pytest
 
-from core.config import OPTIONS, Config, ConfigError, add_options, build_config, env_name
+from core.runtime.config import OPTIONS, Config, ConfigError, add_options, build_config, env_name
 
 pytestmark = pytest.mark.timeout(30)
 

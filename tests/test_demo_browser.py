@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 import tornado.ioloop
 
-from core.connections import SHUTDOWN
+from core.streams.manager import SHUTDOWN
 from tests.conftest import need
 
 try:

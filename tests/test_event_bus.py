@@ -1,4 +1,4 @@
-"""Unit tests of ``core.event_bus.EventBus``, the in-process domain-event bus.
+"""Unit tests of ``core.fanout.event_bus.EventBus``, the in-process domain-event bus.
 
 The bus is fire-and-forget: ``emit`` returns at once and nothing a listener
 or middleware does may reach the emitter or the other listeners (failures
@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 import pytest
 
-from core.event_bus import EventBus
+from core.fanout.event_bus import EventBus
 
 pytestmark = pytest.mark.timeout(30)
 

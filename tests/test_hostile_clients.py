@@ -1,4 +1,4 @@
-"""Hostile clients against the HTTP layer (core/http1.py): answered, and at their share's cost.
+"""Hostile clients against the HTTP layer (core/transport/http1.py): answered, and at their share's cost.
 
 Each test writes what a hostile client would, byte for byte, on a raw
 socket: a request Tornado's request builder refuses, a body of tiny chunks,

@@ -1,4 +1,4 @@
-"""The HTTP/1.1 connection layer (core/http1.py) and the publish fast lane.
+"""The HTTP/1.1 connection layer (core/transport/http1.py) and the publish fast lane.
 
 Requests are written by hand on raw sockets, so that what the server
 receives is exactly what the test says: pipelining, HTTP/1.0, ``Expect:

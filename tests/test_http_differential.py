@@ -1,4 +1,4 @@
-"""The connection layer (core/http1.py) against Tornado's own HTTPServer, on the same bytes.
+"""The connection layer (core/transport/http1.py) against Tornado's own HTTPServer, on the same bytes.
 
 Each case of :data:`CORPUS` is a request (or several, or a fragment) written
 byte for byte, possibly in several pieces, and replayed on a fresh
@@ -38,7 +38,7 @@ import pytest
 import tornado.netutil
 from tornado.httpserver import HTTPServer
 
-from core.config import Config
+from core.runtime.config import Config
 from server import make_app, make_http_server
 from tests.conftest import SECRET
 from tests.support.rawhttp import Malformed, close_writer, open_raw, read_response, send_pieces

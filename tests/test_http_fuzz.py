@@ -1,4 +1,4 @@
-"""Generated raw requests against the connection layer (core/http1.py): answered or closed, never a 5xx.
+"""Generated raw requests against the connection layer (core/transport/http1.py): answered or closed, never a 5xx.
 
 Hypothesis builds requests from plausible parts (methods, the app's real
 routes and odd targets, versions, header lines for ``Host``,

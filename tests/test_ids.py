@@ -1,11 +1,11 @@
-"""Random ids from the per-thread pool (core/ids.py)."""
+"""Random ids from the per-thread pool (core/domain/ids.py)."""
 
 from __future__ import annotations
 
 import re
 import threading
 
-from core import ids
+from core.domain import ids
 
 
 def test_ids_are_hex_of_the_asked_length():

@@ -21,7 +21,7 @@ import json
 
 import pytest
 
-from core.validation import MAX_BODY_DEPTH, MAX_DATA_DEPTH
+from core.domain.validation import MAX_BODY_DEPTH, MAX_DATA_DEPTH
 from tests.support.checks import assert_error
 
 pytestmark = [pytest.mark.timeout(30), pytest.mark.usefixtures("no_error_logged")]

@@ -1,4 +1,4 @@
-"""Password hashing runs in its own bounded pool (core/passwords.py).
+"""Password hashing runs in its own bounded pool (core/domain/passwords.py).
 
 scrypt costs tens of milliseconds of CPU per login.  On the database reader
 threads, a flood of wrong-password logins queued every other read behind
@@ -17,9 +17,9 @@ import time
 
 import pytest
 
-from core.auth import hash_password
-from core.errors import Unavailable
-from core.passwords import PasswordPool
+from core.domain.auth import hash_password
+from core.domain.errors import Unavailable
+from core.domain.passwords import PasswordPool
 from tests.support.checks import assert_error, wait_until
 
 pytestmark = [pytest.mark.timeout(60), pytest.mark.usefixtures("no_error_logged")]

@@ -15,7 +15,7 @@ import asyncio
 
 import pytest
 
-from core.ratelimit import RateLimiter
+from core.domain.ratelimit import RateLimiter
 from models import queries
 from models.tables import StreamTicket
 from tests.support.checks import assert_error

@@ -2,7 +2,7 @@
 
 Redis pub/sub channels belong to the whole server, whatever database a
 client selected, so the broker names its channel and keys after the URL's
-database number and ``--redis-namespace`` (``core.broker_redis.redis_names``).
+database number and ``--redis-namespace`` (``core.fanout.redis_broker.redis_names``).
 
 The deployment tests run two deployments, each with its own database, its
 own secret and two instances built by ``make_server`` as ``server.py``
@@ -19,7 +19,7 @@ from typing import NamedTuple
 import pytest
 import redis.asyncio as aioredis
 
-from core.broker_redis import RedisBroker, redis_names
+from core.fanout.redis_broker import RedisBroker, redis_names
 from tests.conftest import Server
 
 pytestmark = [pytest.mark.timeout(60), pytest.mark.usefixtures("no_error_logged")]

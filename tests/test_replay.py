@@ -165,7 +165,7 @@ async def test_named_events_replay_with_their_names(server):
 
 
 async def test_replay_longer_than_one_page_arrives_complete_and_in_order(make_server):
-    # core/service.py reads the log in pages of 500 events.  A volume test,
+    # core/domain/service.py reads the log in pages of 500 events.  A volume test,
     # not one of the publish budget: publishing is not limited here.
     server = await make_server(publish_rate=0)
     total = 1200

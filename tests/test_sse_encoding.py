@@ -1,4 +1,4 @@
-"""Unit tests of ``core.sse``: encoding events, comments and chunks.
+"""Unit tests of ``core.streams.sse``: encoding events, comments and chunks.
 
 Two kinds of checks: the exact bytes of simple cases (field order, the
 blank line, chunk framing), and a round trip through the test-side WHATWG
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import pytest
 
-from core.sse import PING, Frame, chunk, encode_comment, encode_event
+from core.streams.sse import PING, Frame, chunk, encode_comment, encode_event
 from tests.support.sse import ChunkedDecoder, Event, SSEParser
 
 pytestmark = pytest.mark.timeout(30)

@@ -6,7 +6,7 @@ the encoded bytes back with the test-side WHATWG parser
 (``tests.support.sse.SSEParser``), which was written without the product's
 encoder in view:
 
-* ``core.sse.encode_event`` gives exactly one event for any data, name and
+* ``core.streams.sse.encode_event`` gives exactly one event for any data, name and
   id, with the data back line for line and the name and id on one line;
 * the notification event as the service builds it (``notification_json``,
   ``compact_json``, ``encode_event`` with the cursor) is exactly one
@@ -38,11 +38,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from core.auth import TokenService
-from core.errors import AuthError, BadRequest, ValidationError
-from core.service import notification_json
-from core.sse import PING, encode_comment, encode_event
-from core.validation import EVENT_NAME, USER_ID, check_user_id, compact_json, iso, parse_json_body
+from core.domain.auth import TokenService
+from core.domain.errors import AuthError, BadRequest, ValidationError
+from core.domain.service import notification_json
+from core.streams.sse import PING, encode_comment, encode_event
+from core.domain.validation import EVENT_NAME, USER_ID, check_user_id, compact_json, iso, parse_json_body
 from tests.support.sse import Event, SSEParser
 
 pytestmark = pytest.mark.timeout(120)
@@ -88,7 +88,7 @@ def without(text: str, characters: str) -> str:
     return text.translate({ord(c): None for c in characters})
 
 
-# -- core.sse.encode_event ---------------------------------------------------------
+# -- core.streams.sse.encode_event ---------------------------------------------------------
 
 
 @PURE

@@ -6,7 +6,7 @@ any log, ever.  A handful of targeted tests cannot prove that for every code
 path, so the whole suite doubles as the probe:
 
 * every credential the tests make or see is *noted*: the ``--jwt-secret``
-  of every :class:`core.auth.TokenService` built, every JWT issued
+  of every :class:`core.domain.auth.TokenService` built, every JWT issued
   (``TokenService.issue``, ``jwt.encode``) or sent by the test helpers
   (``Authorization: Bearer``, the ``access_token`` cookie, ``?token=``),
   every stream ticket handed out, every password an account is created or
@@ -213,8 +213,8 @@ def watching(scanner: LeakScanner) -> Iterator[LeakScanner]:
 def _install() -> None:
     import jwt
 
-    from core.auth import TokenService
-    from core.service import NotificationService
+    from core.domain.auth import TokenService
+    from core.domain.service import NotificationService
 
     handler = LeakLogHandler()
     root = logging.getLogger()

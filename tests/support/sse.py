@@ -1,7 +1,7 @@
 """Test-side Server-Sent Events tooling: a parser, a chunked decoder, a
 raw-socket stream client and a small JSON request helper.
 
-None of this imports the product (``core/sse.py`` and friends) on purpose:
+None of this imports the product (``core/streams/sse.py`` and friends) on purpose:
 the tests need an oracle that reads the wire the way a browser does, not the
 product's own encoder read backwards.  `SSEParser` follows the WHATWG HTML
 "server-sent events" interpretation rules to the letter, and `SSEClient`

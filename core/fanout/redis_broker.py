@@ -2,7 +2,7 @@
 
 Every process publishes its stream messages on one channel and subscribes to
 it; each delivers its own messages at once and the others' as they arrive.
-It keeps the :class:`core.broker.Broker` contract that
+It keeps the :class:`core.fanout.broker.Broker` contract that
 ``tests/test_broker_contract.py`` checks for every implementation.  The
 processes of one deployment share the Redis database number and the
 namespace (``--redis-namespace``); :func:`redis_names` derives the channel
@@ -57,7 +57,8 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.maint_notifications import MaintNotificationsConfig
 
-from core.broker import Deliver, Resync, Stats, StreamMessage, deliver_safely
+from core.fanout.broker import Deliver, Resync, Stats, deliver_safely
+from core.domain.messages import StreamMessage
 
 log = logging.getLogger("notify.broker")
 
@@ -72,7 +73,7 @@ BAD_MESSAGE_LOG_EVERY = 60.0
 _SUBSCRIPTION, _PUBLISHING = "subscription", "publishing"
 
 #: What a namespace may be: the alphabet of ``--redis-namespace`` (which
-#: core/config.py checks on the flag), empty meaning none.  No ``:`` in it
+#: core/runtime/config.py checks on the flag), empty meaning none.  No ``:`` in it
 #: is what keeps one deployment's names from being a prefix of another's.
 NAMESPACE = re.compile(r"[A-Za-z0-9_.-]{0,64}\Z")
 

@@ -1,7 +1,7 @@
 """Checking request bodies and query values; wire-format helpers.
 
-Malformed input raises :class:`~core.errors.BadRequest` (400); well-formed
-input with invalid fields raises :class:`~core.errors.ValidationError` (422).
+Malformed input raises :class:`~core.domain.errors.BadRequest` (400); well-formed
+input with invalid fields raises :class:`~core.domain.errors.ValidationError` (422).
 Unknown body fields are ignored, so clients may send more than we read.
 """
 
@@ -13,7 +13,7 @@ import time
 import urllib.parse
 from typing import Any, Mapping
 
-from core.errors import BadRequest, ValidationError
+from core.domain.errors import BadRequest, ValidationError
 
 NOTIFICATION_TYPES = ("info", "success", "warning", "error")
 MAX_MESSAGE = 2000

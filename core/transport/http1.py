@@ -63,7 +63,7 @@ from tornado import httputil
 from tornado.iostream import StreamClosedError
 from tornado.ioloop import IOLoop, PeriodicCallback
 
-from core.sockwriter import send_queued
+from core.streams.writer import send_queued
 
 log = logging.getLogger("notify.http1")
 #: Refused requests are answered and logged here, one line each, like the

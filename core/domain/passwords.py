@@ -1,6 +1,6 @@
 """The password-hashing pool: scrypt on threads of its own, behind a bounded wait.
 
-A password check is scrypt (``core.auth``: n = 2^14, r = 8, p = 1), 60 to
+A password check is scrypt (``core.domain.auth``: n = 2^14, r = 8, p = 1), 60 to
 80 ms of CPU and 16 MiB of memory on this VM.  CPython's ``hashlib.scrypt``
 releases the GIL while OpenSSL computes (``Py_BEGIN_ALLOW_THREADS`` around
 ``EVP_PBE_scrypt`` in ``Modules/_hashopenssl.c``; measured too: a thread
@@ -29,7 +29,7 @@ import os
 import threading
 from typing import Any, Callable
 
-from core.errors import Unavailable
+from core.domain.errors import Unavailable
 
 #: Jobs that may wait per hashing thread, besides the one it runs.
 WAITING_PER_THREAD = 4
@@ -51,7 +51,7 @@ class PasswordPool:
 
     :param threads: hashing threads (:func:`default_threads` when None).
     :param waiting_per_thread: jobs that may wait per thread beyond the
-        one it runs; more get :class:`~core.errors.Unavailable`.
+        one it runs; more get :class:`~core.domain.errors.Unavailable`.
     """
 
     def __init__(self, threads: int | None = None, waiting_per_thread: int = WAITING_PER_THREAD) -> None:

@@ -25,7 +25,7 @@ class CorsPolicy:
     """The allow-list and the headers it gives.
 
     :param origins: lowercase ``scheme://host[:port]`` entries, or ``["*"]``,
-        or nothing (CORS off); see :func:`core.config.parse_origins`.
+        or nothing (CORS off); see :func:`core.runtime.config.parse_origins`.
     """
 
     def __init__(self, origins: Iterable[str] = ()) -> None:

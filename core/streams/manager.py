@@ -1,7 +1,7 @@
 """The SSE manager: which devices are open, and pushing frames to them.
 
 One account, many devices: ``user id -> {connection id -> Device}``.  Every
-publish is encoded once (:class:`core.sse.Frame`) and the same bytes are
+publish is encoded once (:class:`core.streams.sse.Frame`) and the same bytes are
 written to every device of the user, straight onto each connection's
 IOStream (see ``docs/ARCHITECTURE.md`` for why the handler is bypassed).
 
@@ -27,9 +27,9 @@ from typing import Any, Callable, Iterable, Protocol, Sequence
 from tornado.ioloop import PeriodicCallback
 from tornado.iostream import StreamBufferFullError, StreamClosedError
 
-from core.errors import TooManyRequests
-from core.ids import random_hex
-from core.sse import PING, Frame, encode_body, encode_event
+from core.domain.errors import TooManyRequests
+from core.domain.ids import random_hex
+from core.streams.sse import PING, Frame, encode_body, encode_event
 
 log = logging.getLogger("notify.sse")
 
@@ -43,7 +43,7 @@ TOKEN_EXPIRED = Frame(encode_event("{}", event="token-expired"))
 
 
 class Writer(Protocol):
-    """Where a device's bytes go (:class:`core.sockwriter.SocketWriter`).
+    """Where a device's bytes go (:class:`core.streams.writer.SocketWriter`).
 
     Raises ``StreamClosedError`` or ``StreamBufferFullError`` from
     :meth:`write` when it cannot take them."""
@@ -86,7 +86,7 @@ class Device:
         return self.done.done()
 
 
-class ConnectionManager:
+class StreamManager:
     """Open streams of this process, and the fan-out to them.
 
     :param max_devices_per_user: open streams one user may hold here.

@@ -15,7 +15,7 @@ import logging
 import time
 from typing import Any, Callable
 
-from core.auth import (
+from core.domain.auth import (
     DUMMY_HASH,
     TICKET_TTL,
     Principal,
@@ -28,14 +28,14 @@ from core.auth import (
     require_reader,
     verify_password,
 )
-from core.broker import StreamMessage
-from core.connections import SHUTDOWN, ConnectionManager, Device
-from core.errors import AuthError, BadRequest, Conflict, NotFound, Unavailable
-from core.event_bus import EventBus
-from core.passwords import PasswordPool
-from core.ids import random_hex
-from core.sse import Frame, encode_event
-from core.validation import Encoded, compact_json, iso
+from core.domain.messages import StreamMessage
+from core.streams.manager import SHUTDOWN, StreamManager, Device
+from core.domain.errors import AuthError, BadRequest, Conflict, NotFound, Unavailable
+from core.fanout.event_bus import EventBus
+from core.domain.passwords import PasswordPool
+from core.domain.ids import random_hex
+from core.streams.sse import Frame, encode_event
+from core.domain.validation import Encoded, compact_json, iso
 from models import queries
 from models.runner import DatabaseRunner, StorageUnavailable
 
@@ -195,7 +195,7 @@ class NotificationService:
     ) -> dict[str, Any]:
         """Store a notification for ``user_id``, then push it to their devices.
 
-        :param fields: validated by :func:`core.validation.validate_notification`.
+        :param fields: validated by :func:`core.domain.validation.validate_notification`.
         :param origin: a connection id left out of the push.
         :returns: the notification as on the wire.
         """
@@ -354,7 +354,7 @@ class NotificationService:
             return StreamStart(cursor=last, reset=True)
         return StreamStart(cursor=after, replay=True, first_page=page)
 
-    async def replay(self, manager: ConnectionManager, device: Device, start: StreamStart) -> None:
+    async def replay(self, manager: StreamManager, device: Device, start: StreamStart) -> None:
         """Bring a subscribed, attached device from ``start`` to the live stream.
 
         The device was subscribed before :meth:`plan_stream`, so live events
@@ -371,7 +371,7 @@ class NotificationService:
         else:
             manager.go_live(device)
 
-    async def catch_up(self, manager: ConnectionManager, device: Device) -> None:
+    async def catch_up(self, manager: StreamManager, device: Device) -> None:
         """Write what a live device missed since its last cursor, then go live again.
 
         Called when a cursor skipped ahead, or after the broker lost
@@ -386,7 +386,7 @@ class NotificationService:
             log.warning("catch-up of stream %s failed; ending it so the client replays", device.id, exc_info=True)
             manager.unsubscribe(device, SHUTDOWN)
 
-    async def catch_up_all(self, manager: ConnectionManager) -> None:
+    async def catch_up_all(self, manager: StreamManager) -> None:
         """Catch every live stream up (after the broker was disconnected)."""
         devices = []
         for device in manager.all_devices():
@@ -398,7 +398,7 @@ class NotificationService:
                 device.stale = True
         await asyncio.gather(*(self.catch_up(manager, device) for device in devices))
 
-    async def _send_history(self, manager: ConnectionManager, device: Device, first_page: list | None = None) -> None:
+    async def _send_history(self, manager: StreamManager, device: Device, first_page: list | None = None) -> None:
         """Write the device's events after its last cursor, page by page, then go live.
 
         :param first_page: the events after the device's cursor, already
@@ -428,7 +428,7 @@ class NotificationService:
         manager.go_live(device)
 
     @staticmethod
-    async def _drained(manager: ConnectionManager, device: Device) -> bool:
+    async def _drained(manager: StreamManager, device: Device) -> bool:
         """Wait until what was written to ``device`` has left user space; False if it closed."""
         try:
             await device.writer.drain()

@@ -30,8 +30,8 @@ import jwt
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
-from core.errors import AuthError, Forbidden, Unavailable
-from core.validation import USER_ID
+from core.domain.errors import AuthError, Forbidden, Unavailable
+from core.domain.validation import USER_ID
 
 ROLES = ("user", "publisher", "admin")
 

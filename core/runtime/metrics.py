@@ -12,15 +12,15 @@ from typing import Iterator
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 
-from core.connections import ConnectionManager
-from core.http1 import HTTPCounters
-from core.looplag import LoopLagMonitor
+from core.streams.manager import StreamManager
+from core.transport.http1 import HTTPCounters
+from core.runtime.looplag import LoopLagMonitor
 
 
 class _StreamCollector:
     """Exposes one process's stream counters."""
 
-    def __init__(self, manager: ConnectionManager, http: HTTPCounters, loop_lag: LoopLagMonitor | None) -> None:
+    def __init__(self, manager: StreamManager, http: HTTPCounters, loop_lag: LoopLagMonitor | None) -> None:
         self._manager = manager
         self._http = http
         self._loop_lag = loop_lag
@@ -68,7 +68,7 @@ class Metrics:
     """A registry of this application's own (tests build many apps)."""
 
     def __init__(
-        self, manager: ConnectionManager, http: HTTPCounters, loop_lag: LoopLagMonitor | None = None
+        self, manager: StreamManager, http: HTTPCounters, loop_lag: LoopLagMonitor | None = None
     ) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(_StreamCollector(manager, http, loop_lag))

@@ -56,7 +56,7 @@ class Config:
     jwt_audience: str = ""
     jwt_issuer: str = ""
     max_connections: int = 0
-    #: Filled in by :func:`core.auth.load_keys` at start-up, never from a flag.
+    #: Filled in by :func:`core.domain.auth.load_keys` at start-up, never from a flag.
     jwt_public_key_pem: bytes = b""
 
 

@@ -34,7 +34,7 @@ from typing import Any, Callable
 
 from tornado.iostream import IOStream, StreamBufferFullError, StreamClosedError
 
-from core.sse import Frame
+from core.streams.sse import Frame
 
 #: The last chunk of a chunked response: the browser sees a clean end.
 TERMINATOR = b"0\r\n\r\n"
@@ -116,7 +116,7 @@ class SocketWriter:
             the client sent more than its request (``on_close`` has run).
         """
         if isinstance(stream, socket.socket):
-            # core.http1's connection hands over the socket itself.
+            # core.transport.http1's connection hands over the socket itself.
             if stream.fileno() < 0:
                 on_close()
                 return None
