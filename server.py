@@ -42,22 +42,12 @@ from core.domain.ratelimit import RateLimiter
 from core.domain.service import DOMAIN_EVENTS, NotificationService
 from core.runtime.supervisor import ChildLink, Supervisor
 from core.domain.validation import check_user_id
-from handlers.api import (
-    EventsHandler,
-    LoginHandler,
-    LogoutHandler,
-    NotificationHandler,
-    NotificationsHandler,
-    ReadAllHandler,
-    StreamTicketHandler,
-    UnreadCountHandler,
-)
-from handlers.base import Deps, NotFoundHandler, log_access
-from handlers.fastlane import LaneSorter
-from handlers.monitoring import HealthHandler, MetricsHandler, SSEHealthHandler, StatsHandler
-from handlers.openapi import OpenAPIHandler
+from handlers.call import Deps
+from handlers.http import log_access
+from handlers.lane import LaneSorter
+from handlers.routes import ROUTES
 from handlers.static import STATIC_DIR, StaticHandler
-from handlers.stream import StreamHandler
+from handlers.tornado_door import NotFoundHandler, RouteHandler
 from models.runner import DatabaseRunner
 from models.tables import create_schema, database, is_memory, open_database
 
@@ -90,7 +80,7 @@ class StartupError(Exception):
 
 
 def log_request(handler: tornado.web.RequestHandler) -> None:
-    """Tornado's access-log hook: one line per request (see :func:`handlers.base.log_access`)."""
+    """Tornado's access-log hook: one line per request (see :func:`handlers.http.log_access`)."""
     request = handler.request
     log_access(handler.get_status(), request.method, request.path, request.request_time())
 
@@ -148,40 +138,28 @@ class NotifyApp(tornado.web.Application):
     will serve it, and ``await app.stop()`` at the end.
     """
 
-    def __init__(self, config: Config, deps: Deps, runner: DatabaseRunner, bus: EventBus) -> None:
+    def __init__(self, config: Config, deps: Deps, runner: DatabaseRunner, bus: EventBus, lanes: bool = True) -> None:
         self.config = config
         self.deps = deps
         self.runner = runner
         self.bus = bus
+        #: Whether the routes are served by the lane (:mod:`handlers.lane`);
+        #: False sends every request through Tornado's RequestHandlers.
+        self.lanes = lanes
         self._prune: PeriodicCallback | None = None
         self._prune_tickets: PeriodicCallback | None = None
         self._checkpoint: PeriodicCallback | None = None
         self._checkpoint_logged = -60.0
         self._stopping = False
-        handler_args = {"deps": deps}
-        user = r"/api/v1/users/([^/]+)/notifications"
-        routes = [
-            (r"/api/v1/auth/login", LoginHandler, handler_args),
-            (r"/api/v1/auth/logout", LogoutHandler, handler_args),
-            (r"/api/v1/auth/stream-ticket", StreamTicketHandler, handler_args),
-            (user + r"/stream", StreamHandler, handler_args),
-            (user + r"/unread-count", UnreadCountHandler, handler_args),
-            (user + r"/read-all", ReadAllHandler, handler_args),
-            (user + r"/([^/]+)", NotificationHandler, handler_args),
-            (user, NotificationsHandler, handler_args),
-            (r"/api/v1/events", EventsHandler, handler_args),
-            (r"/api/v1/stats", StatsHandler, handler_args),
-            (r"/api/v1/openapi\.json", OpenAPIHandler, handler_args),
-            (r"/health/sse", SSEHealthHandler, handler_args),
-            (r"/health", HealthHandler, handler_args),
-            (r"/metrics", MetricsHandler, handler_args),
+        handlers: list[Any] = [(route.pattern, RouteHandler, {"deps": deps, "route": route}) for route in ROUTES]
+        handlers += [
             (r"/static/(.*)", StaticHandler, {"path": STATIC_DIR, "deps": deps}),
             (r"/()", StaticHandler, {"path": STATIC_DIR, "default_filename": "index.html", "deps": deps}),
         ]
         super().__init__(
-            routes,
+            handlers,
             default_handler_class=NotFoundHandler,
-            default_handler_args=handler_args,
+            default_handler_args={"deps": deps},
             log_function=log_request,
             # Compression would rewrite chunks behind the stream writer's back.
             compress_response=False,
@@ -189,11 +167,13 @@ class NotifyApp(tornado.web.Application):
         )
 
     def start_request(self, server_conn: object, request_conn: httputil.HTTPConnection) -> httputil.HTTPMessageDelegate:
-        """Each request goes to the publish fast lane or the routes, on its headers (:mod:`handlers.fastlane`)."""
+        """Each request goes to the lane (a route) or to Tornado's routing, on its headers (:mod:`handlers.lane`)."""
+        if not self.lanes:
+            return self.route_request(server_conn, request_conn)
         return LaneSorter(self, self.deps, server_conn, request_conn)
 
     def route_request(self, server_conn: object, request_conn: httputil.HTTPConnection) -> httputil.HTTPMessageDelegate:
-        """Tornado's own routing to a RequestHandler (every request but the fast lane's)."""
+        """Tornado's own routing to a RequestHandler."""
         return super().start_request(server_conn, request_conn)
 
     @property
@@ -292,8 +272,13 @@ def _open_runner(config: Config) -> DatabaseRunner:
     return DatabaseRunner(db, loop, readers=0 if is_memory(config.db_url) else 4)
 
 
-def make_app(config: Config) -> NotifyApp:
-    """Build the application for ``config`` on the current loop (call ``start()`` next)."""
+def make_app(config: Config, lanes: bool = True) -> NotifyApp:
+    """Build the application for ``config`` on the current loop (call ``start()`` next).
+
+    :param lanes: serve the routes through the lane (the default); False
+        serves every request through Tornado's RequestHandlers (the tests
+        run the API through both doors).
+    """
     tokens = load_tokens(config)
     runner = _open_runner(config)
     bus = EventBus()
@@ -327,7 +312,7 @@ def make_app(config: Config) -> NotifyApp:
         publish_limiter=RateLimiter(config.publish_rate, config.publish_burst) if config.publish_rate > 0 else None,
         write_limiter=RateLimiter(config.write_rate, config.write_burst) if config.write_rate > 0 else None,
     )
-    return NotifyApp(config, deps, runner, bus)
+    return NotifyApp(config, deps, runner, bus, lanes=lanes)
 
 
 def make_http_server(app: NotifyApp) -> HTTP1Server:

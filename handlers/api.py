@@ -1,9 +1,14 @@
-"""REST handlers: authentication, notifications, events for other modules.
+"""The REST routes: authentication, notifications, events for other modules.
+
+Each is a function of a :class:`~handlers.call.Call` (and the path's
+pieces) that returns an :class:`~handlers.call.Answer`; either door serves
+it (see :mod:`handlers.routes`).  The steps keep one order everywhere: who
+is calling, does the budget allow it, may they, is the input valid, do it.
 
 Every ``{userId}`` taken from a path is checked with
-:func:`~core.domain.validation.check_user_id` before it reaches a query: an id no
-user can have (a control character, over 128 characters) is a 422, where
-PostgreSQL would otherwise refuse the parameter (NUL) and answer a 500.
+:func:`~core.domain.validation.check_user_id` before it reaches a query: an
+id no user can have (a control character, over 128 characters) is a 422,
+where PostgreSQL would otherwise refuse the parameter (NUL) and answer a 500.
 """
 
 from __future__ import annotations
@@ -20,142 +25,108 @@ from core.domain.validation import (
     validate_notification,
     validate_read_flag,
 )
-from handlers.base import BaseHandler
+from handlers.call import Answer, Call, cookie_header
 
 
-class LoginHandler(BaseHandler):
+async def login(call: Call) -> Answer:
     """``POST /api/v1/auth/login``: password -> token and HttpOnly cookie."""
-
-    async def post(self) -> None:
-        """Check the credentials and hand out a token."""
-        body = self.json_body()
-        user_id, password = body.get("userId"), body.get("password")
-        if not isinstance(user_id, str) or not user_id or not isinstance(password, str) or not password:
-            raise ValidationError("userId and password must be non-empty strings")
-        result = await self.deps.service.login(user_id, password)
-        self.set_cookie(
-            "access_token",
-            result["token"],
-            path="/",
-            httponly=True,
-            samesite="Lax",
-            secure=self.deps.config.cookie_secure,
-            max_age=result["expiresIn"],
-        )
-        self.send_json(result)
+    body = call.json_body()
+    user_id, password = body.get("userId"), body.get("password")
+    if not isinstance(user_id, str) or not user_id or not isinstance(password, str) or not password:
+        raise ValidationError("userId and password must be non-empty strings")
+    result = await call.deps.service.login(user_id, password)
+    cookie = cookie_header("access_token", result["token"], result["expiresIn"], call.deps.config.cookie_secure)
+    return Answer.json(result, headers={"Set-Cookie": cookie})
 
 
-class LogoutHandler(BaseHandler):
-    """``POST /api/v1/auth/logout``: clear the cookie."""
+async def logout(call: Call) -> Answer:
+    """``POST /api/v1/auth/logout``: clear the cookie.
 
-    def post(self) -> None:
-        """Expire the ``access_token`` cookie.
-
-        No credential is read, but a logout carrying the cookie (and no
-        ``Authorization``) is a cookie write like any other: another page
-        of the same site must not sign the user out
-        (:meth:`~handlers.base.BaseHandler.check_cookie_write`).
-        """
-        if "Authorization" not in self.request.headers and self.get_cookie("access_token"):
-            self.check_cookie_write()
-        self.clear_cookie("access_token", path="/", httponly=True, samesite="Lax", secure=self.deps.config.cookie_secure)
-        self.set_status(204)
-        self.finish()
+    No credential is read, but a logout carrying the cookie (and no
+    ``Authorization``) is a cookie write like any other: another page of
+    the same site must not sign the user out
+    (:meth:`~handlers.call.Call.check_cookie_write`).
+    """
+    if "Authorization" not in call.headers and call.cookie("access_token"):
+        call.check_cookie_write()
+    return Answer(204, headers={"Set-Cookie": cookie_header("access_token", "", 0, call.deps.config.cookie_secure)})
 
 
-class StreamTicketHandler(BaseHandler):
-    """``POST /api/v1/auth/stream-ticket``: a one-time credential for ``?ticket=``."""
-
-    async def post(self) -> None:
-        """Issue a ticket for the caller's own stream."""
-        principal = await self.authenticate()
-        self.check_write_rate(principal)
-        self.send_json(await self.deps.service.issue_ticket(principal))
+async def stream_ticket(call: Call) -> Answer:
+    """``POST /api/v1/auth/stream-ticket``: a one-time credential for the caller's own stream."""
+    principal = await call.principal()
+    call.spend_write(principal)
+    return Answer.json(await call.deps.service.issue_ticket(principal))
 
 
-class NotificationsHandler(BaseHandler):
-    """``/api/v1/users/{userId}/notifications``: list and create."""
-
-    async def get(self, user_id: str) -> None:
-        """A page of notifications, newest first."""
-        principal = await self.authenticate()
-        require_reader(principal, check_user_id(user_id))
-        limit = parse_limit(self.get_query_argument("limit", None))
-        before = self.get_query_argument("before", None)
-        unread = parse_bool("unread", self.get_query_argument("unread", None))
-        self.send_json(await self.deps.service.list_notifications(principal, user_id, limit, before, unread))
-
-    async def post(self, user_id: str) -> None:
-        """Store a notification and push it to the user's devices."""
-        principal = await self.authenticate()
-        self.check_publish_rate(principal)
-        require_creator(principal, check_user_id(user_id))
-        fields = validate_notification(self.json_body())
-        origin = self.request.headers.get("X-Connection-Id") or None
-        notification = await self.deps.service.create_notification(principal, user_id, fields, origin)
-        self.set_header(
-            "Location",
-            "/api/v1/users/{}/notifications/{}".format(urllib.parse.quote(user_id, safe=""), notification["notificationId"]),
-        )
-        self.send_json(notification, status=201)
+async def list_notifications(call: Call, user_id: str) -> Answer:
+    """``GET .../notifications``: a page, newest first."""
+    principal = await call.principal()
+    require_reader(principal, check_user_id(user_id))
+    limit = parse_limit(call.query_argument("limit"))
+    before = call.query_argument("before")
+    unread = parse_bool("unread", call.query_argument("unread"))
+    return Answer.json(await call.deps.service.list_notifications(principal, user_id, limit, before, unread))
 
 
-class UnreadCountHandler(BaseHandler):
+async def create_notification(call: Call, user_id: str) -> Answer:
+    """``POST .../notifications``: store a notification, then push it to the user's devices."""
+    principal = await call.principal()
+    call.spend_publish(principal)
+    require_creator(principal, check_user_id(user_id))
+    fields = validate_notification(call.json_body())
+    origin = call.headers.get("X-Connection-Id") or None
+    notification = await call.deps.service.create_notification(principal, user_id, fields, origin)
+    location = "/api/v1/users/{}/notifications/{}".format(urllib.parse.quote(user_id, safe=""),
+                                                          notification["notificationId"])
+    return Answer.json(notification, 201, {"Location": location})
+
+
+async def unread_count(call: Call, user_id: str) -> Answer:
     """``GET .../notifications/unread-count``."""
-
-    async def get(self, user_id: str) -> None:
-        """How many notifications are unread."""
-        principal = await self.authenticate()
-        check_user_id(user_id)
-        self.send_json({"unreadCount": await self.deps.service.unread_count(principal, user_id)})
+    principal = await call.principal()
+    check_user_id(user_id)
+    return Answer.json({"unreadCount": await call.deps.service.unread_count(principal, user_id)})
 
 
-class ReadAllHandler(BaseHandler):
-    """``POST .../notifications/read-all``."""
-
-    async def post(self, user_id: str) -> None:
-        """Mark every notification read."""
-        principal = await self.authenticate()
-        self.check_write_rate(principal)
-        check_user_id(user_id)
-        self.send_json(await self.deps.service.read_all(principal, user_id))
+async def read_all(call: Call, user_id: str) -> Answer:
+    """``POST .../notifications/read-all``: mark every notification read."""
+    principal = await call.principal()
+    call.spend_write(principal)
+    check_user_id(user_id)
+    return Answer.json(await call.deps.service.read_all(principal, user_id))
 
 
-class NotificationHandler(BaseHandler):
-    """``.../notifications/{notificationId}``: read, mark read, delete."""
-
-    async def get(self, user_id: str, notification_id: str) -> None:
-        """One notification."""
-        principal = await self.authenticate()
-        check_user_id(user_id)
-        self.send_json(await self.deps.service.get_notification(principal, user_id, notification_id))
-
-    async def patch(self, user_id: str, notification_id: str) -> None:
-        """Set the read state; the user's other devices are told."""
-        principal = await self.authenticate()
-        self.check_write_rate(principal)
-        require_reader(principal, check_user_id(user_id))
-        read = validate_read_flag(self.json_body())
-        self.send_json(await self.deps.service.set_read(principal, user_id, notification_id, read))
-
-    async def delete(self, user_id: str, notification_id: str) -> None:
-        """Delete it; the user's devices are told."""
-        principal = await self.authenticate()
-        self.check_write_rate(principal)
-        check_user_id(user_id)
-        await self.deps.service.delete(principal, user_id, notification_id)
-        self.set_status(204)
-        self.finish()
+async def get_notification(call: Call, user_id: str, notification_id: str) -> Answer:
+    """``GET .../notifications/{notificationId}``."""
+    principal = await call.principal()
+    check_user_id(user_id)
+    return Answer.json(await call.deps.service.get_notification(principal, user_id, notification_id))
 
 
-class EventsHandler(BaseHandler):
-    """``POST /api/v1/events``: named events from other modules."""
+async def set_read(call: Call, user_id: str, notification_id: str) -> Answer:
+    """``PATCH .../notifications/{notificationId}``: set the read state; the user's other devices are told."""
+    principal = await call.principal()
+    call.spend_write(principal)
+    require_reader(principal, check_user_id(user_id))
+    read = validate_read_flag(call.json_body())
+    return Answer.json(await call.deps.service.set_read(principal, user_id, notification_id, read))
 
-    async def post(self) -> None:
-        """Store and push one named event to each listed user."""
-        principal = await self.authenticate()
-        self.check_publish_rate(principal)
-        require_event_publisher(principal)
-        name, user_ids, data = validate_event(self.json_body())
-        published = await self.deps.service.publish_event(principal, name, user_ids, data)
-        self.send_json({"published": published}, status=202)
+
+async def delete_notification(call: Call, user_id: str, notification_id: str) -> Answer:
+    """``DELETE .../notifications/{notificationId}``; the user's devices are told."""
+    principal = await call.principal()
+    call.spend_write(principal)
+    check_user_id(user_id)
+    await call.deps.service.delete(principal, user_id, notification_id)
+    return Answer(204)
+
+
+async def publish_event(call: Call) -> Answer:
+    """``POST /api/v1/events``: store and push one named event to each listed user."""
+    principal = await call.principal()
+    call.spend_publish(principal)
+    require_event_publisher(principal)
+    name, user_ids, data = validate_event(call.json_body())
+    published = await call.deps.service.publish_event(principal, name, user_ids, data)
+    return Answer.json({"published": published}, 202)

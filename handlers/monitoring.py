@@ -1,4 +1,4 @@
-"""Monitoring: stats, health, Prometheus metrics."""
+"""Monitoring routes: stats, health, Prometheus metrics, the API description."""
 
 from __future__ import annotations
 
@@ -8,34 +8,37 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from core.domain.auth import require_admin
 from core.domain.errors import BadRequest
-from handlers.base import BaseHandler
+from handlers.call import Answer, Call
+from handlers.openapi import openapi_json
 
 #: How long /health waits for the database before calling it down.
 HEALTH_TIMEOUT = 2.0
 
 
-class StatsHandler(BaseHandler):
-    """``GET /api/v1/stats``: counters of this process (or the cluster)."""
+async def stats(call: Call) -> Answer:
+    """``GET /api/v1/stats``: counters of this process (or the cluster), without user ids.
 
-    async def get(self) -> None:
-        """Stats without user ids, unless an admin asks for ``detail=users``."""
-        scope = self.get_query_argument("scope", "instance")
-        detail = self.get_query_argument("detail", None)
-        if scope not in ("instance", "cluster"):
-            raise BadRequest("scope must be instance or cluster", code="invalid_query")
-        if detail not in (None, "users"):
-            raise BadRequest("detail must be users", code="invalid_query")
-        manager = self.deps.manager
-        stats = manager.get_stats()
-        if scope == "cluster":
-            stats = _sum_instances(await self.deps.broker.instances())
-        elif self.deps.loop_lag is not None:
-            stats["loopLagMs"] = self.deps.loop_lag.summary()
-        if detail == "users":
-            # A credential is required here: none at all is 401, not 403.
-            require_admin(await self.authenticate())
-            stats["users"] = manager.user_device_counts()
-        self.send_json(stats)
+    An admin may ask for ``detail=users`` (which names them).
+    """
+    scope = call.query_argument("scope")
+    if scope is None:
+        scope = "instance"
+    detail = call.query_argument("detail")
+    if scope not in ("instance", "cluster"):
+        raise BadRequest("scope must be instance or cluster", code="invalid_query")
+    if detail not in (None, "users"):
+        raise BadRequest("detail must be users", code="invalid_query")
+    deps = call.deps
+    counters = deps.manager.get_stats()
+    if scope == "cluster":
+        counters = _sum_instances(await deps.broker.instances())
+    elif deps.loop_lag is not None:
+        counters["loopLagMs"] = deps.loop_lag.summary()
+    if detail == "users":
+        # A credential is required here: none at all is 401, not 403.
+        require_admin(await call.principal())
+        counters["users"] = deps.manager.user_device_counts()
+    return Answer.json(counters)
 
 
 def _sum_instances(instances: list[dict]) -> dict:
@@ -56,35 +59,31 @@ def _number(value: object) -> float:
     return value if isinstance(value, (int, float)) and not isinstance(value, bool) else 0
 
 
-class SSEHealthHandler(BaseHandler):
+async def sse_health(call: Call) -> Answer:
     """``GET /health/sse``: the stream manager's view."""
-
-    def get(self) -> None:
-        """Healthy, with the connection stats."""
-        self.send_json({"healthy": True, "connections": self.deps.manager.get_stats()})
+    return Answer.json({"healthy": True, "connections": call.deps.manager.get_stats()})
 
 
-class HealthHandler(BaseHandler):
-    """``GET /health``: 200 when the database and broker answer, else 503."""
-
-    async def get(self) -> None:
-        """Check each dependency and name what is down."""
-        try:
-            database = await asyncio.wait_for(self.deps.service.check_database(), HEALTH_TIMEOUT)
-        except asyncio.TimeoutError:
-            database = False
-        checks = {
-            "database": "ok" if database else "down",
-            "broker": "ok" if self.deps.broker.healthy() else "down",
-        }
-        healthy = all(value == "ok" for value in checks.values())
-        self.send_json({"status": "ok" if healthy else "unavailable", "checks": checks}, status=200 if healthy else 503)
+async def health(call: Call) -> Answer:
+    """``GET /health``: 200 when the database and broker answer, else 503 naming what is down."""
+    deps = call.deps
+    try:
+        database = await asyncio.wait_for(deps.service.check_database(), HEALTH_TIMEOUT)
+    except asyncio.TimeoutError:
+        database = False
+    checks = {
+        "database": "ok" if database else "down",
+        "broker": "ok" if deps.broker.healthy() else "down",
+    }
+    healthy = all(value == "ok" for value in checks.values())
+    return Answer.json({"status": "ok" if healthy else "unavailable", "checks": checks}, 200 if healthy else 503)
 
 
-class MetricsHandler(BaseHandler):
-    """``GET /metrics``: Prometheus text format."""
+async def metrics(call: Call) -> Answer:
+    """``GET /metrics``: every metric of this process, in Prometheus text format."""
+    return Answer(200, call.deps.metrics.exposition(), {"Content-Type": CONTENT_TYPE_LATEST})
 
-    def get(self) -> None:
-        """Every metric of this process."""
-        self.set_header("Content-Type", CONTENT_TYPE_LATEST)
-        self.finish(self.deps.metrics.exposition())
+
+async def openapi(call: Call) -> Answer:
+    """``GET /api/v1/openapi.json``: the API description, no credential needed."""
+    return Answer(200, openapi_json())

@@ -1,4 +1,4 @@
-"""``GET /api/v1/openapi.json``: the API's OpenAPI 3.1 description, as JSON.
+"""The API's OpenAPI 3.1 description, as served at ``GET /api/v1/openapi.json``.
 
 The description is written by hand in ``docs/openapi.yaml`` (YAML reads
 better in review); this serves the same document converted to JSON, which
@@ -12,8 +12,6 @@ import json
 import os
 
 import yaml
-
-from handlers.base import BaseHandler
 
 #: The hand-written description, beside the other documentation.
 OPENAPI_PATH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs", "openapi.yaml")
@@ -30,11 +28,3 @@ def openapi_json() -> bytes:
     with open(OPENAPI_PATH, encoding="utf-8") as handle:
         document = yaml.safe_load(handle)
     return json.dumps(document, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
-
-
-class OpenAPIHandler(BaseHandler):
-    """``GET /api/v1/openapi.json``: the API description, no credential needed."""
-
-    def get(self) -> None:
-        """The document, as JSON."""
-        self.finish(openapi_json())

@@ -8,7 +8,8 @@ from typing import Any, Iterator
 
 import tornado.web
 
-from handlers.base import BaseHandler, Deps, LimitedRequestHandler
+from handlers.call import Deps
+from handlers.tornado_door import BaseHandler, LimitedRequestHandler
 
 STATIC_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "static")
 

@@ -1,15 +1,11 @@
 """``GET /api/v1/users/{userId}/notifications/stream``: the SSE endpoint.
 
 Opening a stream: authenticate, subscribe the device (so live events queue
-from that moment), plan where it starts, send the headers with
-``: connected`` and ``ready``, then hand the socket over from the HTTP
-layer to the SSE manager, which writes every later frame straight onto it
-and ends the response.  The missed events are replayed from there.
-
-Two doors lead here, sharing every step below: :class:`StreamHandler` (a
-RequestHandler, for every shape of request) and
-:class:`handlers.fastlane.FastStream` (the usual shape, without the
-RequestHandler machinery; see that module).
+from that moment), plan where it starts (:func:`open_stream`, the route);
+then the door sends the headers with ``: connected`` and ``ready``
+(:func:`hello`) and hands the socket over from the HTTP layer to the SSE
+manager (:func:`hand_over`), which writes every later frame straight onto
+it and ends the response.  The missed events are replayed from there.
 """
 
 from __future__ import annotations
@@ -26,7 +22,8 @@ from core.domain.service import StreamStart
 from core.streams.writer import SocketWriter
 from core.streams.sse import encode_comment, encode_event
 from core.domain.validation import check_user_id, compact_json, parse_cursor
-from handlers.base import BaseHandler, Deps, log
+from handlers.call import Call, Deps, StreamOpening
+from handlers.http import log
 
 #: The headers of a stream's answer (on top of the JSON defaults, whose
 #: Content-Type they replace).
@@ -91,13 +88,14 @@ async def hand_over(deps: Deps, device: Device, start: StreamStart, stream: sock
         manager.unsubscribe(device, SHUTDOWN)
 
 
-def _chunked_output(connection: Any) -> bool:
+def chunked_output(connection: Any) -> bool:
     """Whether the stream's answer is chunk-framed on ``connection``.
 
-    :mod:`core.transport.http1` says so publicly; Tornado's own ``HTTP1Connection``
-    (which serves the same application in the tests that compare the two
-    layers) keeps it in a private field of Tornado 6.6, which
-    ``requirements.txt`` pins.
+    :mod:`core.transport.http1` says so publicly; Tornado's own
+    ``HTTP1Connection`` (which serves the same application in the tests
+    that compare the two layers) keeps it in a private field of Tornado
+    6.6, which ``requirements.txt`` pins (``tests/test_tornado_private.py``
+    fails if an upgrade changes it).
     """
     chunked = getattr(connection, "chunked_output", None)
     if chunked is None:
@@ -105,46 +103,18 @@ def _chunked_output(connection: Any) -> bool:
     return bool(chunked)
 
 
-class StreamHandler(BaseHandler):
-    """The notification stream of one user, for one device."""
+async def open_stream(call: Call, user_id: str) -> StreamOpening:
+    """The route: who may open this stream, from where it starts.
 
-    _device: Device | None = None
-
-    async def get(self, user_id: str) -> None:
-        """Open the stream, replay what was missed, then stay live."""
-        principal = await self.authenticate(allow_query=True)
-        last_event_id = self.request.headers.get("Last-Event-ID") or self._query_cursor()
-        device, start = await plan_stream(self.deps, principal, user_id, last_event_id)
-        self._device = device
-        for name, value in STREAM_HEADERS.items():
-            self.set_header(name, value)
-        self.write(hello(self.deps, device))
+    ``Last-Event-ID``, else ``?lastEventId=``; a malformed one (not a
+    number, not even UTF-8) is treated as absent, as the contract says.
+    """
+    principal = await call.principal(allow_query=True)
+    last_event_id = call.headers.get("Last-Event-ID")
+    if not last_event_id:
         try:
-            await self.flush()
-        except StreamClosedError:
-            self.deps.manager.unsubscribe(device)
-            return
-        if device.ended:
-            return
-        # Take the connection over from the HTTP layer, as Tornado's own
-        # WebSocket handler does: the headers and the first frames are on
-        # the wire and nothing else will be written through Tornado, so this
-        # handler and its request can be freed while the stream stays open
-        # (most of an open stream's memory).  See docs/ARCHITECTURE.md.
-        chunked = _chunked_output(self.request.connection)
-        stream = self.detach()
-        self._device = None  # the writer watches the connection from now on
-        self.application.log_request(self)
-        await hand_over(self.deps, device, start, stream, chunked)
-
-    def _query_cursor(self) -> str | None:
-        """``?lastEventId=``; one that is not UTF-8 is malformed, so treated as absent (the contract)."""
-        try:
-            return self.get_query_argument("lastEventId", None)
+            last_event_id = call.query_argument("lastEventId")
         except BadRequest:
-            return None
-
-    def on_connection_close(self) -> None:
-        """The client went away before the stream was taken over: forget the device."""
-        if self._device is not None:
-            self.deps.manager.unsubscribe(self._device)
+            last_event_id = None
+    device, start = await plan_stream(call.deps, principal, user_id, last_event_id)
+    return StreamOpening(device, start)

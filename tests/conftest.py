@@ -270,8 +270,32 @@ def new_postgres_url() -> Callable[[str], str]:
         yield lambda name: new_schema()
 
 
+#: The two doors a request for a route can come through: the lane
+#: (handlers/lane.py, what serves the routes) and Tornado's RequestHandlers
+#: (handlers/tornado_door.py, what serves them when the lane is off).
+DOORS = ("lane", "tornado")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Run the tests of a module that sets ``BOTH_DOORS = True`` once through each door.
+
+    The way uvicorn runs its protocol tests over each protocol class: the
+    API's behaviour is one implementation, and every test of it holds on
+    both doors (servers started by ``make_server`` in such a test all use
+    the same door).
+    """
+    if "door" in metafunc.fixturenames and getattr(metafunc.module, "BOTH_DOORS", False):
+        metafunc.parametrize("door", DOORS, indirect=True)
+
+
 @pytest.fixture
-def make_server(io_loop, new_db_url) -> Callable[..., Server]:
+def door(request) -> str:
+    """The door ``make_server``'s servers serve the routes through (see :func:`pytest_generate_tests`)."""
+    return getattr(request, "param", "lane")
+
+
+@pytest.fixture
+def make_server(io_loop, new_db_url, door) -> Callable[..., Server]:
     """Start servers with given settings; all are stopped after the test.
 
     In a fixture (loop not running) ``make_server(**settings)`` returns the
@@ -287,9 +311,11 @@ def make_server(io_loop, new_db_url) -> Callable[..., Server]:
             "keepalive_interval": 30.0,
         }
         values.update(settings)
+        # ``lanes=`` chooses this server's door, whatever the test's ``door`` is.
+        lanes = values.pop("lanes", door == "lane")
         if "db_url" not in values:
             values["db_url"] = new_db_url(f"notify-{len(started)}")
-        return make_app(Config(**values))
+        return make_app(Config(**values), lanes=lanes)
 
     def listen(app: NotifyApp) -> Server:
         sockets = tornado.netutil.bind_sockets(0, "127.0.0.1")

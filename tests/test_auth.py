@@ -31,6 +31,8 @@ from models import queries
 from tests.conftest import SECRET
 
 pytestmark = pytest.mark.timeout(30)
+#: Every test here runs through both doors (tests/conftest.py, ``door``).
+BOTH_DOORS = True
 
 LOGIN = "/api/v1/auth/login"
 LOGOUT = "/api/v1/auth/logout"
@@ -534,49 +536,45 @@ BADLY_TYPED_CLAIMS = {
     "nbf-nan": {"nbf": float("nan")},
 }
 
-#: Every way a token reaches the server: the create's fast lane and its
-#: handler (a query string sends it there), a REST handler, and the stream
-#: by header and by ``?token=`` (both served by the stream lane) and by
-#: ``?token=`` through the handler.
-DOORS = ("post-lane", "post-handler", "rest", "stream-header", "stream-query", "stream-handler")
+#: Every way a token reaches the server: a create, a REST read, and the
+#: stream by header and by ``?token=`` (each through both doors: the
+#: module runs with ``BOTH_DOORS``).
+WAYS = ("post", "rest", "stream-header", "stream-query")
 
 
-async def answer_to_token(server: Any, token: str, door: str) -> tuple[int, Any, Any]:
-    """``(status, headers, JSON body or None)`` of alice's request carrying ``token`` through ``door``."""
+async def answer_to_token(server: Any, token: str, way: str) -> tuple[int, Any, Any]:
+    """``(status, headers, JSON body or None)`` of alice's request carrying ``token`` the ``way`` given."""
     auth = {"Authorization": f"Bearer {token}"}
-    if door in ("post-lane", "post-handler", "rest"):
-        if door == "rest":
-            status, headers, body, _ = await get_list(server, "alice", auth)
-        else:
-            path = notifications_path("alice") + ("?door=handler" if door == "post-handler" else "")
-            status, headers, body, _ = await server.request("POST", path, {"type": "info", "message": "hi"},
-                                                            headers=auth)
+    if way == "rest":
+        status, headers, body, _ = await get_list(server, "alice", auth)
         return status, headers, body
-    if door == "stream-header":
+    if way == "post":
+        status, headers, body, _ = await server.request("POST", notifications_path("alice"),
+                                                        {"type": "info", "message": "hi"}, headers=auth)
+        return status, headers, body
+    if way == "stream-header":
         client = await server.stream("alice", headers=auth, auth=False)
-    elif door == "stream-query":
-        client = await server.stream("alice", query=query(token=token), auth=False)
     else:
-        client = await server.stream("alice", query=query(token=token, door="handler"), auth=False)
+        client = await server.stream("alice", query=query(token=token), auth=False)
     body = json.loads(client.body_bytes) if client.status != 200 else None
     client.close()
     return client.status, client.headers, body
 
 
-@pytest.mark.parametrize("door", DOORS)
+@pytest.mark.parametrize("way", WAYS)
 @pytest.mark.parametrize("kind", sorted(BADLY_TYPED_CLAIMS))
-async def test_a_signed_token_with_a_claim_of_the_wrong_type_is_401_invalid_token(server, no_error_logged, kind, door):
+async def test_a_signed_token_with_a_claim_of_the_wrong_type_is_401_invalid_token(server, no_error_logged, kind, way):
     token = forge({**claims(), **BADLY_TYPED_CLAIMS[kind]})
-    status, headers, body = await answer_to_token(server, token, door)
+    status, headers, body = await answer_to_token(server, token, way)
     assert_unauthorized(status, headers, body)
     assert body["error"]["code"] == "invalid_token"
 
 
-@pytest.mark.parametrize("door", DOORS)
-async def test_a_token_with_float_times_is_accepted(server, no_error_logged, door):
+@pytest.mark.parametrize("way", WAYS)
+async def test_a_token_with_float_times_is_accepted(server, no_error_logged, way):
     now = time.time()
     token = forge(claims(exp=now + 600.5, iat=now - 1.5, nbf=now - 1.5))
-    status, _, body = await answer_to_token(server, token, door)
+    status, _, body = await answer_to_token(server, token, way)
     assert status in (200, 201), body
 
 
@@ -613,30 +611,30 @@ def scoped_server(make_server):
     return make_server(jwt_audience=AUDIENCE, jwt_issuer=ISSUER)
 
 
-@pytest.mark.parametrize("door", DOORS)
+@pytest.mark.parametrize("way", WAYS)
 @pytest.mark.parametrize("kind", sorted(ACCEPTED_SCOPES))
-async def test_a_token_for_the_configured_audience_and_issuer_is_accepted(scoped_server, no_error_logged, kind, door):
+async def test_a_token_for_the_configured_audience_and_issuer_is_accepted(scoped_server, no_error_logged, kind, way):
     token = forge({**claims(), **ACCEPTED_SCOPES[kind]})
-    status, _, body = await answer_to_token(scoped_server, token, door)
+    status, _, body = await answer_to_token(scoped_server, token, way)
     assert status in (200, 201), body
 
 
-@pytest.mark.parametrize("door", DOORS)
+@pytest.mark.parametrize("way", WAYS)
 @pytest.mark.parametrize("kind", sorted(REFUSED_SCOPES))
-async def test_a_token_for_another_audience_or_issuer_is_401_invalid_token(scoped_server, no_error_logged, kind, door):
+async def test_a_token_for_another_audience_or_issuer_is_401_invalid_token(scoped_server, no_error_logged, kind, way):
     token = forge({**claims(), **REFUSED_SCOPES[kind]})
-    status, headers, body = await answer_to_token(scoped_server, token, door)
+    status, headers, body = await answer_to_token(scoped_server, token, way)
     assert_unauthorized(status, headers, body)
     assert body["error"]["code"] == "invalid_token"
 
 
-@pytest.mark.parametrize("door", DOORS)
-async def test_login_issues_tokens_for_the_configured_audience_and_issuer(scoped_server, no_error_logged, door):
+@pytest.mark.parametrize("way", WAYS)
+async def test_login_issues_tokens_for_the_configured_audience_and_issuer(scoped_server, no_error_logged, way):
     await create_user(scoped_server, "alice")
     token = await login_token(scoped_server, "alice")
     issued = jwt.decode(token, SECRET, algorithms=["HS256"], audience=AUDIENCE, issuer=ISSUER)
     assert (issued["aud"], issued["iss"]) == (AUDIENCE, ISSUER)
-    status, _, body = await answer_to_token(scoped_server, token, door)
+    status, _, body = await answer_to_token(scoped_server, token, way)
     assert status in (200, 201), body
 
 

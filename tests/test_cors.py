@@ -14,6 +14,9 @@ import pytest
 
 from tests.support.checks import assert_error
 
+#: Every test here runs through both doors (tests/conftest.py, ``door``).
+BOTH_DOORS = True
+
 pytestmark = [pytest.mark.timeout(30), pytest.mark.usefixtures("no_error_logged")]
 
 APP = "https://app.example"

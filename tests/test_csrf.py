@@ -8,8 +8,7 @@ that the cookie alone authenticates is refused with 403
 (``Origin`` naming the ``Host`` it was sent to, or ``Sec-Fetch-Site:
 same-origin``) or from an origin listed in ``--cors-origins``, and unless
 its body, if any, is JSON.  Clients sending ``Authorization`` are never
-affected, on either door (the fast lane takes only requests with that
-header).  Logout reads no credential, but the rule applies when it carries
+affected.  Logout reads no credential, but the rule applies when it carries
 the cookie and no ``Authorization``.
 
 What each bad request gets:
@@ -34,6 +33,9 @@ from typing import Any, Awaitable, Callable
 import pytest
 
 from tests.support.checks import assert_error
+
+#: Every test here runs through both doors (tests/conftest.py, ``door``).
+BOTH_DOORS = True
 
 pytestmark = [pytest.mark.timeout(30), pytest.mark.usefixtures("no_error_logged")]
 
@@ -205,10 +207,8 @@ async def test_authorization_with_a_foreign_origin_is_unaffected_even_beside_the
     assert status == ok, raw
 
 
-@pytest.mark.parametrize("door", ["fast lane", "handler"])
-async def test_a_bearer_create_from_a_foreign_origin_is_unaffected_on_both_doors(server, door):
-    path = NOTIFICATIONS + ("?door=handler" if door == "handler" else "")
-    status, _, _, raw = await server.request("POST", path, {"type": "info", "message": "hi"},
+async def test_a_bearer_create_from_a_foreign_origin_is_unaffected(server):
+    status, _, _, raw = await server.request("POST", NOTIFICATIONS, {"type": "info", "message": "hi"},
                                              headers={"Origin": EVIL}, as_user="alice")
     assert status == 201, raw
 

@@ -28,6 +28,9 @@ from tests.support.checks import assert_error_body, wait_until
 from tests.test_cli import ROOT, SECRET, clean_env, free_port, sqlite_url, wait_healthy
 from tests.test_limits import NOTIFICATIONS, Raw, chunked, count_notifications, post_head
 
+#: Every test here runs through both doors (tests/conftest.py, ``door``).
+BOTH_DOORS = True
+
 pytestmark = [pytest.mark.timeout(60), pytest.mark.usefixtures("no_error_logged")]
 
 BODY = json.dumps({"type": "info", "message": "hello"}).encode()
@@ -138,7 +141,7 @@ async def test_a_body_of_ten_thousand_one_byte_chunks_does_not_stall_the_loop(se
 
     ticker = asyncio.ensure_future(tick())
     raw = await Raw.open(server)
-    await raw.send(post_head(server, None, path=NOTIFICATIONS + "?door=handler") + chunked(*(body[i:i + 1] for i in range(len(body)))))
+    await raw.send(post_head(server, None, path=NOTIFICATIONS) + chunked(*(body[i:i + 1] for i in range(len(body)))))
     status, _, answer = await raw.response()
     ticker.cancel()
     await raw.close()
@@ -190,17 +193,18 @@ async def test_a_connection_holds_at_most_its_queue_of_parsed_requests(server):
 
 def hold_health_answers(monkeypatch: pytest.MonkeyPatch) -> tuple[asyncio.Event, asyncio.Event]:
     """``(entered, release)``: ``GET /health`` is answered only once ``release`` is set; ``entered`` says one waits."""
-    from handlers.monitoring import HealthHandler
+    from handlers import routes
 
     entered, release = asyncio.Event(), asyncio.Event()
-    answer = HealthHandler.get
+    route, _ = routes.match("/health")
+    answer = route.methods["GET"]
 
-    async def held(self) -> None:
+    async def held(call):
         entered.set()
         await release.wait()
-        await answer(self)
+        return await answer(call)
 
-    monkeypatch.setattr(HealthHandler, "get", held)
+    monkeypatch.setitem(route.methods, "GET", held)
     return entered, release
 
 
@@ -275,7 +279,7 @@ async def test_a_body_behind_a_slow_answer_gets_its_whole_body_deadline_after_it
 
 async def test_a_framing_error_in_the_same_read_as_the_headers_leaves_nothing_in_flight(server):
     raw = await Raw.open(server)
-    await raw.send(post_head(server, None, path=NOTIFICATIONS + "?door=handler") + b"zz\r\nnot a chunk\r\n")
+    await raw.send(post_head(server, None, path=NOTIFICATIONS) + b"zz\r\nnot a chunk\r\n")
     status, headers, body = await raw.response()
     assert_error_body(status, body, 400, "bad_request")
     assert headers["Connection"] == "close"

@@ -1,9 +1,10 @@
-"""The HTTP/1.1 connection layer (core/transport/http1.py) and the publish fast lane.
+"""The HTTP/1.1 connection layer (core/transport/http1.py), and the two doors above it.
 
 Requests are written by hand on raw sockets, so that what the server
 receives is exactly what the test says: pipelining, HTTP/1.0, ``Expect:
-100-continue``, a malformed request, an upgrade.  The fast lane
-(handlers/fastlane.py) must answer exactly as the handler it stands in for.
+100-continue``, a malformed request, an upgrade.  Both doors (the lane,
+handlers/lane.py, and Tornado's RequestHandlers, handlers/tornado_door.py)
+must give the same answers, header by header.
 """
 
 from __future__ import annotations
@@ -13,8 +14,7 @@ import json
 import pytest
 from tornado.httputil import HTTPHeaders
 
-import handlers.api
-import handlers.stream
+import handlers.tornado_door
 from tests.support.checks import assert_error, assert_error_body, wait_until
 from tests.test_limits import NOTIFICATIONS, Raw, chunked, post_head
 
@@ -159,132 +159,93 @@ async def test_a_client_leaving_mid_body_is_not_counted_in_flight(server):
     await wait_until(lambda: server.app.deps.http_counters.in_flight == 0)
 
 
-# -- the fast lane ----------------------------------------------------------------
+# -- the two doors ------------------------------------------------------------------
+#
+# The API's own tests run through both doors (``BOTH_DOORS``); these check
+# that the lane does serve the routes when it is on, and compare the two
+# doors' answers header by header on the same requests.
+
+#: What differs between two answers to the same request anyway.
+IGNORED = {"Date", "Location", "Content-Length"}
 
 
-async def test_the_usual_create_does_not_go_through_the_request_handler(server, monkeypatch):
-    async def refuse(self, user_id):
-        raise AssertionError("the fast lane should have served this")
+async def test_with_the_lane_on_no_request_handler_serves_a_route(server, monkeypatch):
+    async def refuse(self, *args):
+        raise AssertionError("the lane should have served this")
 
-    monkeypatch.setattr(handlers.api.NotificationsHandler, "post", refuse)
+    monkeypatch.setattr(handlers.tornado_door.RouteHandler, "_serve", refuse)
     created = await server.notify("alice", "through the lane")
-    assert created["message"] == "through the lane"
+    client = await server.live_stream("alice")
+    listed = await server.request("GET", NOTIFICATIONS, as_user="alice")
+    assert listed[2]["items"][0]["notificationId"] == created["notificationId"]
+    client.close()
 
 
-async def test_the_fast_lane_answers_as_the_handler_does(server):
-    # Authorization header: the fast lane.  Cookie (from the server's own
-    # page): the handler.
-    token = server.token("alice")
-    lane = await server.request("POST", NOTIFICATIONS, {"type": "info", "message": "same"},
-                                headers={"Authorization": f"Bearer {token}"})
-    handler = await server.request("POST", NOTIFICATIONS, {"type": "info", "message": "same"},
-                                   headers={"Cookie": f"access_token={token}", "Origin": server.origin})
-    assert lane[0] == handler[0] == 201
-    ignore = {"Date", "Location", "Content-Length"}
-    assert sorted(k for k in HTTPHeaders(lane[1]).keys() if k not in ignore) == sorted(
-        k for k in HTTPHeaders(handler[1]).keys() if k not in ignore)
-    for name in ("Content-Type", "Cache-Control", "X-Content-Type-Options"):
-        assert lane[1][name] == handler[1][name]
-    assert lane[1]["Location"].rsplit("/", 1)[0] == handler[1]["Location"].rsplit("/", 1)[0]
-    assert set(lane[2]) == set(handler[2])
-    assert {k: v for k, v in lane[2].items() if k not in ("notificationId", "createdAt")} == {
-        k: v for k, v in handler[2].items() if k not in ("notificationId", "createdAt")}
+async def test_with_the_lane_off_the_request_handlers_serve_every_route(make_server, monkeypatch):
+    served = []
+    serve = handlers.tornado_door.RouteHandler._serve
+
+    async def counting(self, method, pieces):
+        served.append(method)
+        await serve(self, method, pieces)
+
+    monkeypatch.setattr(handlers.tornado_door.RouteHandler, "_serve", counting)
+    server = await make_server(lanes=False)
+    await server.notify("alice", "through Tornado")
+    assert served == ["POST"]
+
+
+async def both_doors(make_server):
+    """A server with the lane on and one with it off."""
+    return await make_server(), await make_server(lanes=False)
+
+
+def same_headers(first: HTTPHeaders, second: HTTPHeaders) -> None:
+    """The two answers carry the same headers, with the same values but for :data:`IGNORED`."""
+    assert sorted(k for k in first.keys() if k not in IGNORED) == sorted(k for k in second.keys() if k not in IGNORED)
+    for name in first.keys():
+        if name not in IGNORED:
+            assert first[name] == second[name], name
 
 
 @pytest.mark.parametrize(
-    ("body", "status", "code"),
+    ("method", "path", "body", "status"),
     [
-        (b'{"type":', 400, "invalid_json"),
-        (b'{"type":"info","message":"\xff"}', 400, "invalid_encoding"),
-        (b'{"type":"nope","message":"x"}', 422, "validation_error"),
-        (b"[1]", 422, None),
+        ("POST", NOTIFICATIONS, {"type": "info", "message": "same"}, 201),
+        ("GET", NOTIFICATIONS, None, 200),
+        ("GET", NOTIFICATIONS + "/unread-count", None, 200),
+        ("POST", NOTIFICATIONS, {"type": "nope", "message": "x"}, 422),
+        ("POST", NOTIFICATIONS, b'{"type":', 400),
+        ("PUT", NOTIFICATIONS, None, 405),
+        ("HEAD", "/health", None, 405),
+        ("GET", "/api/v1/users/bob/notifications", None, 403),
+        ("GET", "/no/such/path", None, 404),
+        ("POST", "/api/v1/auth/logout", None, 204),
+        ("GET", "/metrics", None, 200),
     ],
 )
-async def test_the_fast_lane_refuses_bad_bodies_as_the_handler_does(server, body, status, code):
-    token = server.token("alice")
+async def test_both_doors_answer_alike(make_server, method, path, body, status):
     answers = []
-    for credential in ({"Authorization": f"Bearer {token}"}, {"Cookie": f"access_token={token}", "Origin": server.origin}):
-        answers.append(await server.request("POST", NOTIFICATIONS, body,
-                                            headers={"Content-Type": "application/json", **credential}))
-    (lane_status, _, lane_body, _), (handler_status, _, handler_body, _) = answers
-    assert lane_status == handler_status == status
-    assert lane_body == handler_body
-    if code is not None:
-        assert lane_body["error"]["code"] == code
+    for server in await both_doors(make_server):
+        headers = {"Content-Type": "application/json"} if isinstance(body, bytes) else None
+        answers.append(await server.request(method, path, body, headers=headers, as_user="alice"))
+    (lane_status, lane_headers, lane_body, _), (tornado_status, tornado_headers, tornado_body, _) = answers
+    assert lane_status == tornado_status == status
+    same_headers(HTTPHeaders(lane_headers), HTTPHeaders(tornado_headers))
+    if status >= 400:
+        assert lane_body == tornado_body
 
 
-async def test_the_fast_lane_refuses_a_bad_token_with_401_and_the_scheme(server):
-    response = await server.request("POST", NOTIFICATIONS, {"type": "info", "message": "x"},
-                                    headers={"Authorization": "Bearer not-a-token"})
-    assert_error(response, 401)
-    assert response[1]["WWW-Authenticate"].startswith("Bearer")
-
-
-async def test_the_fast_lane_refuses_another_users_notification_for_a_plain_user(server):
-    response = await server.request("POST", "/api/v1/users/bob/notifications", {"type": "info", "message": "x"},
-                                    as_user="alice")
-    assert_error(response, 403, "forbidden")
-
-
-# -- the stream lane --------------------------------------------------------------
-
-
-@pytest.mark.parametrize("credential", ["header", "query"])
-async def test_the_usual_stream_open_does_not_go_through_the_request_handler(server, monkeypatch, credential):
-    async def refuse(self, user_id):
-        raise AssertionError("the stream lane should have served this")
-
-    monkeypatch.setattr(handlers.stream.StreamHandler, "get", refuse)
-    if credential == "header":
-        client = await server.live_stream("alice")
-    else:
-        client = await server.stream("alice", query=f"token={server.token('alice')}", auth=False)
-        assert (await client.next_event()).type == "ready"
-    created = await server.notify("alice", "to the lane's stream")
-    event = await client.next_event()
-    assert json.loads(event.data)["notificationId"] == created["notificationId"]
-    client.close()
-
-
-async def test_the_stream_lane_answers_as_the_handler_does(server):
-    token = server.token("alice")
-    lane = await server.stream("alice", headers={"Authorization": f"Bearer {token}"}, auth=False)
-    handler = await server.stream("alice", headers={"Cookie": f"access_token={token}"}, auth=False)
-    assert lane.status == handler.status == 200
-    ignore = {"Date"}
-    assert sorted(k for k in lane.headers.keys() if k not in ignore) == sorted(
-        k for k in handler.headers.keys() if k not in ignore)
-    for name in ("Content-Type", "Cache-Control", "X-Accel-Buffering", "X-Content-Type-Options", "Transfer-Encoding"):
-        assert lane.headers[name] == handler.headers[name]
-    first, second = await lane.next_event(), await handler.next_event()
+async def test_both_doors_open_a_stream_alike(make_server):
+    clients = [await server.stream("alice") for server in await both_doors(make_server)]
+    lane, tornado = clients
+    assert lane.status == tornado.status == 200
+    same_headers(lane.headers, tornado.headers)
+    first, second = await lane.next_event(), await tornado.next_event()
     assert first.type == second.type == "ready"
     assert set(json.loads(first.data)) == set(json.loads(second.data))
-    lane.close()
-    handler.close()
-
-
-async def test_the_stream_lane_replays_from_last_event_id_as_the_handler_does(server):
-    client = await server.live_stream("alice")
-    first = await server.notify("alice", "one")
-    mark = (await client.next_event()).id
-    client.close()
-    second = await server.notify("alice", "two")
-    token = server.token("alice")
-    for headers, query in (({"Last-Event-ID": mark, "Authorization": f"Bearer {token}"}, ""),
-                           ({"Cookie": f"access_token={token}"}, f"lastEventId={mark}")):
-        resumed = await server.stream("alice", headers=headers, query=query, auth=False)
-        assert (await resumed.next_event()).type == "ready"
-        replayed = await resumed.next_event()
-        assert json.loads(replayed.data)["notificationId"] == second["notificationId"] != first["notificationId"]
-        resumed.close()
-
-
-async def test_the_stream_lane_refuses_a_bad_query_token_with_a_json_401(server):
-    client = await server.stream("alice", query="token=not-a-token", auth=False)
-    assert client.status == 401
-    assert json.loads(client.body_bytes)["error"]["code"] == "invalid_token"
-    assert client.headers["WWW-Authenticate"].startswith("Bearer")
-    client.close()
+    for client in clients:
+        client.close()
 
 
 async def test_an_answer_before_the_body_is_in_says_connection_close(server):

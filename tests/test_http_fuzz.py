@@ -79,7 +79,7 @@ USER = b"/api/v1/users/alice/notifications"
 targets = st.sampled_from([
     b"/health", b"/health/sse", b"/metrics", b"/api/v1/stats", b"/api/v1/openapi.json", b"/", b"/static/app.js",
     b"/api/v1/events", b"/api/v1/auth/login", b"/api/v1/auth/logout", b"/api/v1/auth/stream-ticket",
-    USER, USER + b"?door=handler", USER + b"/stream", USER + b"/stream?token=" + TOKEN,
+    USER, USER + b"?limit=5", USER + b"/stream", USER + b"/stream?token=" + TOKEN,
     USER + b"/stream?token=nope&lastEventId=1", USER + b"/unread-count", USER + b"/read-all", USER + b"/n-1",
     b"/api/v1/users/bob/notifications", b"/api/v1/users/%ff/notifications", b"/nowhere",
 ])

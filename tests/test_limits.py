@@ -26,6 +26,9 @@ from tornado.httputil import HTTPHeaders
 
 from tests.support.checks import assert_error, assert_error_body, wait_until
 
+#: Every test here runs through both doors (tests/conftest.py, ``door``).
+BOTH_DOORS = True
+
 pytestmark = [pytest.mark.timeout(30), pytest.mark.usefixtures("no_error_logged")]
 
 NOTIFICATIONS = "/api/v1/users/alice/notifications"

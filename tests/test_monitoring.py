@@ -18,6 +18,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from models import queries
 
+#: Every test here runs through both doors (tests/conftest.py, ``door``).
+BOTH_DOORS = True
+
 pytestmark = pytest.mark.timeout(30)
 
 #: The keys CONTRACT.md promises in the stats of one process.

@@ -9,9 +9,7 @@
 - a field of the wrong shape (``message`` or ``userIds`` as nested lists)
   gets the usual 422 for that field, however deep it nests.
 
-Notifications are created through both doors: the fast lane (the usual
-``POST`` with ``Authorization``) and the handler (a query string sends the
-request there).  Events have one door, the handler.  Bodies are written as
+Every test runs through both doors (``BOTH_DOORS``).  Bodies are written as
 text, since the test's own ``json.dumps`` could not encode the deepest.
 """
 
@@ -30,7 +28,8 @@ EVENTS = "/api/v1/events"
 JSON = {"Content-Type": "application/json"}
 #: Levels of arrays that 8 KiB of ``[`` and ``]`` holds (with the ``{"a":}`` around them).
 DEEPEST_WITHIN_8_KIB = (8 * 1024 - len('{"a":}')) // 2
-DOORS = ("lane", "handler")
+#: Every test here runs through both doors (tests/conftest.py, ``door``).
+BOTH_DOORS = True
 
 
 def objects(levels: int) -> str:
@@ -58,10 +57,9 @@ def event(data: str) -> bytes:
     return ('{"event":"deep.data","userIds":["alice"],"data":' + data + "}").encode()
 
 
-async def create(server, body: bytes, door: str):
-    """``POST`` alice's notification ``body`` through ``door``; the raw response."""
-    path = "/api/v1/users/alice/notifications" + ("?door=handler" if door == "handler" else "")
-    return await server.request("POST", path, body, headers=JSON, as_user="alice")
+async def create(server, body: bytes):
+    """``POST`` alice's notification ``body``; the raw response."""
+    return await server.request("POST", "/api/v1/users/alice/notifications", body, headers=JSON, as_user="alice")
 
 
 async def publish(server, body: bytes):
@@ -79,17 +77,15 @@ def assert_too_deep(response, limit: int) -> None:
 
 
 @pytest.mark.parametrize("shape", [objects, arrays_in_an_object], ids=["objects", "arrays"])
-@pytest.mark.parametrize("door", DOORS)
-async def test_notification_data_of_32_levels_is_stored(server, door, shape):
-    status, _, created, raw = await create(server, notification(shape(MAX_DATA_DEPTH)), door)
+async def test_notification_data_of_32_levels_is_stored(server, shape):
+    status, _, created, raw = await create(server, notification(shape(MAX_DATA_DEPTH)))
     assert status == 201, raw
     assert created["data"] == json.loads(shape(MAX_DATA_DEPTH))
 
 
 @pytest.mark.parametrize("shape", [objects, arrays_in_an_object], ids=["objects", "arrays"])
-@pytest.mark.parametrize("door", DOORS)
-async def test_notification_data_of_33_levels_is_422_naming_the_limit(server, door, shape):
-    assert_too_deep(await create(server, notification(shape(MAX_DATA_DEPTH + 1)), door), MAX_DATA_DEPTH)
+async def test_notification_data_of_33_levels_is_422_naming_the_limit(server, shape):
+    assert_too_deep(await create(server, notification(shape(MAX_DATA_DEPTH + 1))), MAX_DATA_DEPTH)
 
 
 #: 945 levels: about as deep as the parser follows; the encoder, called
@@ -98,9 +94,8 @@ DEEP_LEVELS = {"945-deep": 945, "8-KiB-deep": DEEPEST_WITHIN_8_KIB, "5000-deep":
 
 
 @pytest.mark.parametrize("levels", list(DEEP_LEVELS.values()), ids=list(DEEP_LEVELS))
-@pytest.mark.parametrize("door", DOORS)
-async def test_notification_data_thousands_of_levels_deep_is_422_not_500(server, door, levels):
-    response = await create(server, notification(arrays_in_an_object(levels)), door)
+async def test_notification_data_thousands_of_levels_deep_is_422_not_500(server, levels):
+    response = await create(server, notification(arrays_in_an_object(levels)))
     assert_error(response, 422, "validation_error")
     _, _, page, _ = await server.request("GET", "/api/v1/users/alice/notifications", as_user="alice")
     assert page["items"] == []
@@ -137,11 +132,10 @@ OTHER_NOTIFICATION_FIELDS = ("type", "message", "actionUrl", "sourceType", "some
 
 @pytest.mark.parametrize("levels", [MAX_DATA_DEPTH + 1, 5000], ids=["33-deep", "5000-deep"])
 @pytest.mark.parametrize("field", OTHER_NOTIFICATION_FIELDS)
-@pytest.mark.parametrize("door", DOORS)
-async def test_a_deeply_nested_notification_field_is_422_not_500(server, door, field, levels):
+async def test_a_deeply_nested_notification_field_is_422_not_500(server, field, levels):
     fields = {"type": '"info"', "message": '"hi"', field: lists(levels)}
     body = ("{" + ",".join(f'"{name}":{value}' for name, value in fields.items()) + "}").encode()
-    response = await create(server, body, door)
+    response = await create(server, body)
     if field == "someUnknownField" and levels <= MAX_BODY_DEPTH:
         # Unknown fields are ignored, as long as the body stays within its depth.
         assert response[0] == 201, response[3]
@@ -149,10 +143,9 @@ async def test_a_deeply_nested_notification_field_is_422_not_500(server, door, f
         assert_error(response, 422, "validation_error")
 
 
-@pytest.mark.parametrize("door", DOORS)
-async def test_a_body_nested_past_its_limit_is_422_naming_the_limit(server, door):
+async def test_a_body_nested_past_its_limit_is_422_naming_the_limit(server):
     body = ('{"type":"info","message":"hi","someUnknownField":' + lists(MAX_BODY_DEPTH) + "}").encode()
-    assert_too_deep(await create(server, body, door), MAX_BODY_DEPTH)
+    assert_too_deep(await create(server, body), MAX_BODY_DEPTH)
 
 
 @pytest.mark.parametrize("levels", [MAX_DATA_DEPTH + 1, 5000], ids=["33-deep", "5000-deep"])
@@ -189,4 +182,4 @@ async def test_a_deep_body_with_an_escape_is_422_not_500(server):
     # A \u escape makes the server re-encode the whole body (to catch lone
     # surrogates): the depth must be refused before that.
     body = ('{"type":"info","message":"caf\\u00e9","someUnknownField":' + lists(900) + "}").encode()
-    assert_too_deep(await create(server, body, "lane"), MAX_BODY_DEPTH)
+    assert_too_deep(await create(server, body), MAX_BODY_DEPTH)

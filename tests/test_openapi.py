@@ -47,8 +47,9 @@ def registered_routes(app: tornado.web.Application) -> dict[str, set[str]]:
 
     The template is Tornado's own reversal of the rule's regex, with ``%s``
     for each group; a group that can only match nothing (``/()``, the demo
-    page) is the empty string.  The methods are those the handler class
-    implements (Tornado answers 405 for the rest).
+    page) is the empty string.  The methods are those the route table names
+    for the path (or, for the demo's files, those the handler class
+    implements); the rest are answered 405.
     """
     routes = {}
     for rule in app.wildcard_router.rules:
@@ -58,11 +59,16 @@ def registered_routes(app: tornado.web.Application) -> dict[str, set[str]]:
         groups = re.findall(r"\([^()]*\)", matcher.regex.pattern)
         template = matcher._path % tuple("" if group == "()" else "%s" for group in groups)
         handler = rule.target
-        implemented = {
-            method
-            for method in handler.SUPPORTED_METHODS
-            if getattr(handler, method.lower()) is not getattr(tornado.web.RequestHandler, method.lower())
-        }
+        route = (rule.target_kwargs or {}).get("route")
+        if route is not None:
+            # A route of handlers/routes.py: the methods its table names.
+            implemented = set(route.allowed)
+        else:
+            implemented = {
+                method
+                for method in handler.SUPPORTED_METHODS
+                if getattr(handler, method.lower()) is not getattr(tornado.web.RequestHandler, method.lower())
+            }
         routes[template] = implemented
     return routes
 

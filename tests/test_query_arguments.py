@@ -23,6 +23,9 @@ import pytest
 
 from tests.support.checks import assert_error, assert_error_body
 
+#: Every test here runs through both doors (tests/conftest.py, ``door``).
+BOTH_DOORS = True
+
 pytestmark = [pytest.mark.timeout(30), pytest.mark.usefixtures("no_error_logged")]
 
 #: Not UTF-8 (0xFF, 0xFE), around a marker that must appear nowhere.

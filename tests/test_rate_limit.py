@@ -20,6 +20,9 @@ from models import queries
 from models.tables import StreamTicket
 from tests.support.checks import assert_error
 
+#: Every test here runs through both doors (tests/conftest.py, ``door``).
+BOTH_DOORS = True
+
 pytestmark = [pytest.mark.timeout(30), pytest.mark.usefixtures("no_error_logged")]
 
 

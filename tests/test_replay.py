@@ -22,6 +22,9 @@ from tests.support.checks import cursor_of
 
 from models import queries
 
+#: Every test here runs through both doors (tests/conftest.py, ``door``).
+BOTH_DOORS = True
+
 pytestmark = pytest.mark.timeout(30)
 
 #: Seconds in a day, to move the service clock past the retention period.

@@ -24,6 +24,9 @@ import pytest
 
 from tests.support.checks import assert_error_body, cursor_of, wait_until
 
+#: Every test here runs through both doors (tests/conftest.py, ``door``).
+BOTH_DOORS = True
+
 pytestmark = pytest.mark.timeout(30)
 
 #: The keys of a notification on the wire (CONTRACT.md, "The stream").
