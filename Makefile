@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PORT   ?= 8888
 
-.PHONY: install run test test-sqlite test-postgres bench bench-quick clean
+.PHONY: install run test test-fast test-sqlite test-postgres bench bench-quick clean
 
 $(STAMP): requirements.txt requirements-dev.txt bench/requirements.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,6 +28,11 @@ test: install
 
 test-sqlite: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+## The quick loop while working: SQLite only, without the tests marked
+## slow or scale (pytest.ini); under a minute.  `make test` runs them all.
+test-fast: install
+	NOTIFY_TEST_DB=sqlite $(BIN)/python -m pytest -m "not slow and not scale" $(PYTEST_ARGS)
 
 ## Each server under test gets a fresh schema in NOTIFY_TEST_PG_URL (default
 ## postgresql://postgres@127.0.0.1:5432/test); outside CI the pass is skipped

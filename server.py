@@ -27,10 +27,11 @@ from tornado.ioloop import IOLoop, PeriodicCallback
 
 from core.domain.auth import ROLES, TokenService
 from core.fanout.broker import Broker, LocalBroker
-from core.domain.messages import StreamMessage
+from core.fanout.messages import StreamMessage
 from core.fanout.redis_broker import RedisBroker
 from core.runtime.config import Config, ConfigError, add_options, build_config, parse_origins
 from core.streams.manager import StreamManager
+from core.streams.replay import Replayer
 from handlers.cors import CorsPolicy
 from core.domain.errors import Unavailable
 from core.fanout.event_bus import EventBus
@@ -85,7 +86,7 @@ def log_request(handler: tornado.web.RequestHandler) -> None:
     log_access(handler.get_status(), request.method, request.path, request.request_time())
 
 
-def wire(bus: EventBus, broker: Broker, manager: StreamManager, service: NotificationService) -> None:
+def wire(bus: EventBus, broker: Broker, manager: StreamManager, replay: Replayer) -> None:
     """Connect the bus to the SSE manager through the broker (as in the seed).
 
     Every stored change goes ``bus -> broker -> every process's manager``; a
@@ -93,7 +94,7 @@ def wire(bus: EventBus, broker: Broker, manager: StreamManager, service: Notific
     """
     for name in DOMAIN_EVENTS:
         bus.on(name, broker.publish)
-    manager.on_gap = lambda device: asyncio.ensure_future(service.catch_up(manager, device))
+    manager.on_gap = lambda device: asyncio.ensure_future(replay.catch_up(device))
 
 
 def deliver_to(manager: StreamManager):
@@ -182,6 +183,12 @@ class NotifyApp(tornado.web.Application):
         return self.deps.service
 
     @property
+    def replay(self) -> Replayer:
+        """Replays and catch-ups of this process's streams."""
+        assert self.deps.replay is not None
+        return self.deps.replay
+
+    @property
     def manager(self) -> StreamManager:
         """The SSE manager."""
         return self.deps.manager
@@ -193,7 +200,7 @@ class NotifyApp(tornado.web.Application):
         except Exception as exc:
             raise StartupError(f"cannot open the database: {_first_line(exc)}", exit_code=1) from None
         self.bus.bind(asyncio.get_running_loop())
-        wire(self.bus, self.deps.broker, self.deps.manager, self.service)
+        wire(self.bus, self.deps.broker, self.deps.manager, self.replay)
         await self.deps.broker.start(deliver_to(self.deps.manager), self._resync, self.deps.manager.get_stats)
         self.deps.manager.start()
         self.deps.loop_lag.start()
@@ -212,7 +219,7 @@ class NotifyApp(tornado.web.Application):
 
     def _resync(self) -> None:
         """After the broker lost messages: catch every open stream up."""
-        asyncio.ensure_future(self.service.catch_up_all(self.deps.manager))
+        asyncio.ensure_future(self.replay.catch_up_all())
 
     async def _run_checkpoint(self) -> None:
         try:
@@ -246,20 +253,37 @@ class NotifyApp(tornado.web.Application):
         except Exception:
             log.exception("expired stream tickets could not be deleted")
 
-    async def stop(self) -> None:
-        """End every stream cleanly and release the database, the broker and the password pool."""
+    async def stop(self, http: HTTP1Server | None = None, grace: float = SHUTDOWN_GRACE) -> int:
+        """Shut down, in the one order that loses nothing; :returns: how many streams were ended.
+
+        Stop accepting (``http``, when given), end every stream with the
+        chunked terminator (browsers reconnect, to another instance if there
+        is one, and resume from their last event id), let the requests in
+        flight finish (within ``grace`` seconds in all), close what is left
+        of the connections, then release the broker, the password pool and
+        the database.
+        """
         self._stopping = True
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
         for timer in (self._prune, self._prune_tickets, self._checkpoint):
             if timer is not None:
                 timer.stop()
         self.deps.loop_lag.stop()
-        self.deps.manager.shutdown()
-        await self.deps.manager.wait_ended(SHUTDOWN_GRACE)
+        if http is not None:
+            http.stop()
+        ended = self.deps.manager.shutdown()
+        await self.deps.manager.wait_ended(grace)
+        if http is not None:
+            while self.deps.http_counters.in_flight > 0 and loop.time() < deadline:
+                await asyncio.sleep(0.05)
+            await http.close_all_connections()
         self.deps.manager.stop()
         await self.deps.broker.close()
         self.bus.clear()
         self.service.passwords.close()
-        await asyncio.get_running_loop().run_in_executor(None, self.runner.close)
+        await loop.run_in_executor(None, self.runner.close)
+        return ended
 
 
 def _open_runner(config: Config) -> DatabaseRunner:
@@ -311,6 +335,7 @@ def make_app(config: Config, lanes: bool = True) -> NotifyApp:
         cors=CorsPolicy(parse_origins(config.cors_origins)),
         publish_limiter=RateLimiter(config.publish_rate, config.publish_burst) if config.publish_rate > 0 else None,
         write_limiter=RateLimiter(config.write_rate, config.write_burst) if config.write_rate > 0 else None,
+        replay=Replayer(manager, service),
     )
     return NotifyApp(config, deps, runner, bus, lanes=lanes)
 
@@ -458,17 +483,7 @@ async def serve(
     await stopping.wait()
     log.info("shutting down: no new connections, ending streams")
     gc_callback.stop()
-    server.stop()
-    ended = app.deps.manager.shutdown()
-    deadline = loop.time() + SHUTDOWN_GRACE
-    await app.deps.manager.wait_ended(SHUTDOWN_GRACE)
-    while app.deps.http_counters.in_flight > 0 and loop.time() < deadline:
-        await asyncio.sleep(0.05)
-    try:
-        await asyncio.wait_for(server.close_all_connections(), timeout=1.0)
-    except asyncio.TimeoutError:
-        pass
-    await app.stop()
+    ended = await app.stop(server)
     log.info("stopped (%d streams ended)", ended)
     return 0
 

@@ -24,7 +24,7 @@ No auth, storage, validation or fan-out.  Routes, as ``bench/floor.py``:
 ``GET /api/v1/stats`` (``activeUsers`` 0).
 
 Run: ``python bench/bare_tornado.py --port 8888 --layer handler`` and drive
-it with ``bench/loadgen.py create``.
+it with ``python -m bench.loadgen create``.
 """
 
 import argparse

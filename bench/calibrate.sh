@@ -52,7 +52,7 @@ for entry in "${servers[@]}"; do
     start_server "$out/$name.log" "$py" "${cmd[@]}" --port "$port" --db-url "sqlite:///$out/calib.db" \
         --jwt-secret "$secret" --keepalive-interval 3600
     wait_healthy "$port" "$out/$name.log"
-    (cd "$root" && "${client_pin[@]}" "$py" bench/loadgen.py create --port "$port" --jwt-secret "$secret" \
+    (cd "$root" && "${client_pin[@]}" "$py" -m bench.loadgen create --port "$port" --jwt-secret "$secret" \
         --server-pid "$server_pid" --streams 0 --create-concurrency "$concurrency" --duration "$duration" \
         --json "$out/$name.json" >"$out/$name.out" 2>&1) || echo "$name: load generator failed (see $out/$name.out)" >&2
     stop_server >/dev/null

@@ -52,13 +52,14 @@ cleanup() {
 }
 trap cleanup EXIT
 
-loadgen=("$py" "$here/loadgen.py")
+# Run from $root: -m finds bench.loadgen there.
+loadgen=("$py" -m bench.loadgen)
 case $mode in
     hold)
         per=${2:-18000}
-        (ulimit -n 20000; "${loadgen[@]}" conns --port $port_a --jwt-secret "$secret" --streams "$per" \
+        (ulimit -n 20000; cd "$root"; "${loadgen[@]}" conns --port $port_a --jwt-secret "$secret" --streams "$per" \
             --hold 20 --server-pid "$pid_a" >"$tmp/la.txt" 2>&1) & la=$!
-        (ulimit -n 20000; "${loadgen[@]}" conns --port $port_b --jwt-secret "$secret" --streams "$per" \
+        (ulimit -n 20000; cd "$root"; "${loadgen[@]}" conns --port $port_b --jwt-secret "$secret" --streams "$per" \
             --hold 20 --server-pid "$pid_b" >"$tmp/lb.txt" 2>&1) & lb=$!
         # Sample the cluster view until both loadgens are done; keep the peak.
         peak=0
@@ -74,7 +75,7 @@ case $mode in
         echo "cluster stats through A at the peak: totalDevices ${peak% *} over ${peak#* } instances"
         ;;
     cross)
-        (ulimit -n 20000; "${loadgen[@]}" peruser --port $port_b --publish-port $port_a --jwt-secret "$secret" \
+        (ulimit -n 20000; cd "$root"; "${loadgen[@]}" peruser --port $port_b --publish-port $port_a --jwt-secret "$secret" \
             --streams "${2:-6000}" --rate "${3:-1000}" --duration "${4:-20}" --publishers 64 \
             --server-pid "$pid_b") 2>&1 | grep -vi insecure
         ;;

@@ -59,9 +59,9 @@ wait_healthy "$port" "$tmp/server.log"
 echo "$target pid $server_pid on 127.0.0.1:$port; $streams streams, $rate/s for $duration s"
 
 rc=0
-"${client_pin[@]}" "$py" "$here/loadgen.py" peruser --port "$port" --jwt-secret "$secret" \
+(cd "$root" && "${client_pin[@]}" "$py" -m bench.loadgen peruser --port "$port" --jwt-secret "$secret" \
     --streams "$streams" --devices-per-user 3 --rate "$rate" --duration "$duration" \
-    --server-pid "$server_pid" --json "$out" || rc=$?
+    --server-pid "$server_pid" --json "$out") || rc=$?
 
 trap - EXIT
 stop_server

@@ -7,7 +7,7 @@ docs/PERFORMANCE.md for the method.
 
 Each run starts a fresh process (the server with a fresh SQLite file, a
 random secret, ``--keepalive-interval 3600``, or ``bench/floor.py``) pinned
-to CPU 0 with ``ulimit -n 20000``, drives it with ``bench/loadgen.py``
+to CPU 0 with ``ulimit -n 20000``, drives it with ``bench/loadgen/``
 pinned to CPU 1, and stops it with SIGTERM.  Runs alternate server / floor
 at each size, so the two are measured under the same conditions.
 
@@ -171,12 +171,13 @@ class Target:
 
 
 def run_loadgen(target, scenarios, options, pin, timeout, out_dir, label):
-    """Run ``bench/loadgen.py`` against a started target.
+    """Run the load generator (``python -m bench.loadgen``) against a started target.
 
     :returns: ``{"label", "kind", "scenarios", "exit", "result", ...}``.
     """
     json_path = os.path.join(out_dir, "%s.json" % label)
-    cmd = pin + [sys.executable, os.path.join(HERE, "loadgen.py")] + scenarios + [
+    # cwd=ROOT below puts the repository root on the path for -m.
+    cmd = pin + [sys.executable, "-m", "bench.loadgen"] + scenarios + [
         "--port", str(target.port), "--jwt-secret", target.secret,
         "--server-pid", str(target.proc.pid), "--json", json_path] + options
     err_path = os.path.join(out_dir, "%s.stderr" % label)

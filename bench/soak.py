@@ -25,7 +25,7 @@ The verdict:
 * no failure: every connect reached ``ready``, no stream ended that the
   soak did not close, no cursor went backwards, every publish was stored.
 
-Streams, requests and parsing come from ``bench/loadgen.py``.  Run it through
+Streams, requests and parsing come from ``bench/loadgen/``.  Run it through
 ``bench/soak.sh`` (server pinned to CPU 0, like ``bench/run``); see
 docs/PERFORMANCE.md, "Method: soak".
 
@@ -45,16 +45,14 @@ import random
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from loadgen import (  # noqa: E402  (after the path set-up above)
-    _NOTIFY_PATH,
-    LoadGen,
-    _fmt,
-    _notification_body,
-    _raise_fd_limit,
-    _reason,
-)
+# These need the repository root on the path (the line above).
+from bench.loadgen.cli import event_loop_runner, raise_fd_limit  # noqa: E402
+from bench.loadgen.clients import NOTIFY_PATH, failure_reason, notification_body  # noqa: E402
+from bench.loadgen.report import fmt  # noqa: E402
+from bench.loadgen.scenarios.conns import open_streams  # noqa: E402
+from bench.loadgen.session import LoadGen  # noqa: E402
 
 #: Seconds between churn steps; each closes and opens its share of ``--churn``.
 TICK = 0.1
@@ -119,9 +117,9 @@ class Soak(LoadGen):
         :rtype: dict
         """
         args = self.args
-        self._stats_client = self._client()
+        self._stats_client = self.client()
         try:
-            conns = await self.open_streams()
+            conns = await open_streams(self)
             self.connect_failures.update(conns["failures"])
             publisher = asyncio.create_task(self._publish())
             started = time.monotonic()
@@ -167,7 +165,7 @@ class Soak(LoadGen):
             self.streams.pop()
             stream.close()
             self.closed_by_churn += 1
-            specs.append((self._stream_request(stream.user_idx), stream.user_idx, -1))
+            specs.append((self.stream_request(stream.user_idx), stream.user_idx, -1))
         if specs:
             task = asyncio.create_task(self._reopen(specs))
             self._tasks.add(task)
@@ -177,7 +175,7 @@ class Soak(LoadGen):
         self.in_flight += len(specs)
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
         try:
-            streams, _, failures, _ = await self._connect_many(specs, len(specs), self.args.connect_timeout)
+            streams, _, failures, _ = await self.connect_many(specs, len(specs), self.args.connect_timeout)
         finally:
             self.in_flight -= len(specs)
         self.streams.extend(streams)
@@ -189,7 +187,7 @@ class Soak(LoadGen):
         rate = self.args.rate
         if rate <= 0:
             return
-        client = self._client()
+        client = self.client()
         users = sorted({s.user_idx for s in self.streams})
         started = time.monotonic()
         sent = 0
@@ -200,9 +198,9 @@ class Soak(LoadGen):
                     await asyncio.sleep(delay)
                 sent += 1
                 try:
-                    status = await client.post(_NOTIFY_PATH % self._user(self.rng.choice(users)), _notification_body)
+                    status = await client.post(NOTIFY_PATH % self.user(self.rng.choice(users)), notification_body)
                 except Exception as exc:  # counted; the soak goes on
-                    self.publish_errors[_reason(exc)] += 1
+                    self.publish_errors[failure_reason(exc)] += 1
                 else:
                     self.publish_statuses[status] += 1
         finally:
@@ -291,21 +289,21 @@ def render(result):
     c = result.get("conns", {})
     rows = [
         ("streams", "%d held (%d ready at the start in %s s), %d users"
-         % (s["streams"], c.get("streams_ready", 0), _fmt(c.get("open_wall_s"), ".1f"), c.get("users", 0))),
+         % (s["streams"], c.get("streams_ready", 0), fmt(c.get("open_wall_s"), ".1f"), c.get("users", 0))),
         ("run", "%s s (warm-up %s s), churn %s/s asked, %s/s achieved (%d closed, %d opened; at most %d connects in flight)"
-         % (_fmt(s["wall_s"], ".0f"), _fmt(s["warmup_s"], "g"), _fmt(s["churn_per_s"], "g"),
-            _fmt(s["achieved_churn_per_s"], ".1f"), s["closed_by_churn"], s["opened_by_churn"],
+         % (fmt(s["wall_s"], ".0f"), fmt(s["warmup_s"], "g"), fmt(s["churn_per_s"], "g"),
+            fmt(s["achieved_churn_per_s"], ".1f"), s["closed_by_churn"], s["opened_by_churn"],
             s["max_connects_in_flight"])),
         ("publishes", "%d stored, non-201 %s, errors %s; %d deliveries, %d pings received"
          % (s["publishes_201"], json.dumps(s["publish_non_201"]) if s["publish_non_201"] else "0",
             json.dumps(s["publish_errors"]) if s["publish_errors"] else "0", s["deliveries_received"],
             s["pings_received"])),
         ("server RSS", "%s KiB after warm-up, %s KiB max in the last third, %s KiB after the close"
-         % (_fmt(s["warmup_rss_kb"], "d"), _fmt(s["last_third_max_rss_kb"], "d"), _fmt(s["rss_end_kb"], "d"))),
+         % (fmt(s["warmup_rss_kb"], "d"), fmt(s["last_third_max_rss_kb"], "d"), fmt(s["rss_end_kb"], "d"))),
         ("RSS drift", "%s%% (target < %s%%): %s; slope %s KiB/min after warm-up"
-         % (_fmt(s["drift_pct"], ".2f"), _fmt(s["max_drift_pct"], "g"), "ok" if s["drift_ok"] else "FAIL",
-            _fmt(s["slope_kb_per_min"], ".1f"))),
-        ("stats after close", "totalDevices 0 and activeUsers 0 after %s s" % _fmt(s["stats_zero_after_s"], ".1f")
+         % (fmt(s["drift_pct"], ".2f"), fmt(s["max_drift_pct"], "g"), "ok" if s["drift_ok"] else "FAIL",
+            fmt(s["slope_kb_per_min"], ".1f"))),
+        ("stats after close", "totalDevices 0 and activeUsers 0 after %s s" % fmt(s["stats_zero_after_s"], ".1f")
          if s["stats_back_to_zero"] else "NOT back to zero within the drain timeout"),
         ("failures", "%d (connects %s, closed early %d, cursor regressions %d, bad payloads %d)"
          % (s["failures"], json.dumps(s["connect_failures"]) if s["connect_failures"] else "0", s["closed_early"],
@@ -372,15 +370,8 @@ def main(argv=None):
     :rtype: int
     """
     args = parse_args(argv)
-    _raise_fd_limit(args.streams + math.ceil(args.churn * 30) + 64)
-    runner = asyncio.run
-    if not args.no_uvloop:
-        try:
-            import uvloop
-            runner = uvloop.run
-        except ImportError:
-            pass
-    args.loop = "uvloop" if runner is not asyncio.run else "asyncio"
+    raise_fd_limit(args.streams + math.ceil(args.churn * 30) + 64)
+    runner = event_loop_runner(args)
     result = runner(Soak(args).soak())
     print(render(result))
     if args.json:

@@ -23,11 +23,12 @@ from tornado import httputil
 from core.domain.auth import Principal, TokenService
 from core.domain.errors import AuthError, BadRequest, Forbidden, UnsupportedMediaType
 from core.domain.ratelimit import RateLimiter
-from core.domain.service import NotificationService, StreamStart
+from core.domain.service import NotificationService
 from core.domain.validation import Encoded, compact_json, parse_json_body
 from core.fanout.broker import Broker
 from core.runtime.config import Config
 from core.streams.manager import Device, StreamManager
+from core.streams.replay import Replayer, StreamStart
 from core.transport.http1 import HTTPCounters
 from handlers.cors import CorsPolicy
 from handlers.http import CHALLENGE, WRITE_METHODS, bearer_token, is_own_origin, spend_budget
@@ -61,6 +62,8 @@ class Deps:
     publish_limiter: RateLimiter | None = None
     #: ``--write-rate``: stream tickets, read state, deletes; None when not limited.
     write_limiter: RateLimiter | None = None
+    #: Replays and catch-ups of this process's streams (built with the manager).
+    replay: Replayer | None = None
 
 
 class Answer:

@@ -18,7 +18,7 @@ from tornado.iostream import StreamClosedError
 from core.domain.auth import Principal, require_reader
 from core.streams.manager import SHUTDOWN, Device
 from core.domain.errors import BadRequest
-from core.domain.service import StreamStart
+from core.streams.replay import StreamStart
 from core.streams.writer import SocketWriter
 from core.streams.sse import encode_comment, encode_event
 from core.domain.validation import check_user_id, compact_json, parse_cursor
@@ -45,7 +45,7 @@ async def plan_stream(deps: Deps, principal: Principal, user_id: str, last_event
     manager = deps.manager
     device = manager.subscribe(user_id, principal.expires_at)
     try:
-        start = await deps.service.plan_stream(device, after)
+        start = await deps.replay.plan(device, after)  # type: ignore[union-attr]
     except Exception:
         # Nothing is sent yet: the client gets a clean JSON error (503
         # when the database is down) and EventSource may retry.
@@ -79,7 +79,7 @@ async def hand_over(deps: Deps, device: Device, start: StreamStart, stream: sock
     if device.ended:
         return
     try:
-        await deps.service.replay(manager, device, start)
+        await deps.replay.replay(device, start)  # type: ignore[union-attr]
     except Exception:
         # The history could not be read (database down): end the stream
         # cleanly rather than leave a gap; the browser reconnects and

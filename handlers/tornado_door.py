@@ -67,9 +67,15 @@ class LimitedRequestHandler(tornado.web.RequestHandler):
         self.body_limit.check_head(httputil.RequestStartLine(request.method or "GET", request.uri or "/",
                                                              request.version), request.headers)
 
+    _answered = False
+
+    def on_finish(self) -> None:
+        """The answer is complete: what else of the body arrives is dropped."""
+        self._answered = True
+
     def data_received(self, chunk: bytes) -> None:
         """Keep the body up to the limit; past it, answer 413 at once."""
-        if self._finished:
+        if self._answered:
             return
         try:
             self.body_limit.take(chunk)

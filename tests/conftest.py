@@ -21,7 +21,6 @@ import contextlib
 import logging
 import os
 import secrets
-import shutil
 import urllib.parse
 from typing import Any, Callable, Iterator
 
@@ -33,6 +32,7 @@ from core.runtime.config import Config
 from core.transport.http1 import HTTP1Server
 from server import NotifyApp, make_app, make_http_server
 from tests.support import leaks
+from tests.support.processes import need
 from tests.support.redis_server import RedisServer
 from tests.support.sse import SSEClient, http_json
 
@@ -148,16 +148,6 @@ def no_credential_leaked(leak_scanner: leaks.LeakScanner) -> Iterator[None]:
     found = leak_scanner.leaks[before:]
     leak_scanner.reported = len(leak_scanner.leaks)
     assert not found, leaks.report(found)
-
-
-def need(program: str) -> str:
-    """The path of ``program``; skip the test if it is missing (fail under CI)."""
-    path = shutil.which(program)
-    if path is None:
-        if os.environ.get("CI"):
-            pytest.fail(f"{program} is required under CI but is not installed")
-        pytest.skip(f"{program} is not installed")
-    return path
 
 
 class Server:
@@ -338,9 +328,7 @@ def make_server(io_loop, new_db_url, door) -> Callable[..., Server]:
 
     yield start
     for app, http_server in reversed(started):
-        http_server.stop()
-        io_loop.run_sync(app.stop)
-        io_loop.run_sync(http_server.close_all_connections)
+        io_loop.run_sync(lambda: app.stop(http_server))
 
 
 @pytest.fixture

@@ -47,9 +47,9 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from tests.conftest import TEST_DB, _pg_schemas
-from tests.test_cli import ROOT, SECRET, ServerProcess, serving, token_for
+from tests.support.processes import ROOT, SECRET, ServerProcess, serving, token_for
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = [pytest.mark.timeout(60), pytest.mark.slow]
 
 OPENAPI = Path(ROOT) / "docs" / "openapi.yaml"
 

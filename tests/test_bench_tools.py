@@ -1,6 +1,6 @@
 """The benchmark tools (``bench/``) still work against the product and the floor.
 
-Tiny sizes: these check that each scenario of ``bench/loadgen.py`` runs to
+Tiny sizes: these check that each scenario of ``bench/loadgen/`` runs to
 the end and checks what it claims (every delivery, the replay sequences,
 the loop-lag histogram), not how fast anything is.  The load generator runs
 as its own process, as ``bench/run`` runs it, against a server on the
@@ -18,14 +18,13 @@ from typing import Any
 
 import pytest
 
-from bench.loadgen import lag_buckets, lag_window
+from bench.loadgen.stats import lag_buckets, lag_window
 from bench.soak import _drift
-from tests.support.redis_server import free_port
+from tests.support.processes import free_port
 
 pytestmark = pytest.mark.timeout(60)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-LOADGEN = os.path.join(ROOT, "bench", "loadgen.py")
 SOAK = os.path.join(ROOT, "bench", "soak.py")
 FLOOR = os.path.join(ROOT, "bench", "floor.py")
 BARE_TORNADO = os.path.join(ROOT, "bench", "bare_tornado.py")
@@ -35,9 +34,9 @@ async def run_loadgen(port: int, secret: str, tmp_path, *args: str) -> tuple[int
     """Run the load generator to the end; :returns: exit code, its JSON, its output."""
     out = tmp_path / "result.json"
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, LOADGEN, *args, "--port", str(port), "--jwt-secret", secret, "--json", str(out),
-        "--source-ips", "2", "--settle", "0", "--bcast-pause", "0",
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        sys.executable, "-m", "bench.loadgen", *args, "--port", str(port), "--jwt-secret", secret,
+        "--json", str(out), "--source-ips", "2", "--settle", "0", "--bcast-pause", "0",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, cwd=ROOT,
     )
     output, _ = await proc.communicate()
     result = json.loads(out.read_text()) if out.exists() else {}
@@ -58,6 +57,7 @@ def test_lag_window_gives_percentiles_of_the_samples_between_two_scrapes():
     assert window["max_le_ms"] is None, "one sample above the last finite bucket"
 
 
+@pytest.mark.slow
 async def test_broadcast_reaches_every_device_through_the_events_api(server, tmp_path):
     code, result, output = await run_loadgen(
         server.port, server.app.config.jwt_secret, tmp_path, "broadcast",
@@ -69,6 +69,7 @@ async def test_broadcast_reaches_every_device_through_the_events_api(server, tmp
     assert broadcast["id_regressions"] == 0
 
 
+@pytest.mark.slow
 async def test_replay_storm_finds_every_client_caught_up_with_no_gap_or_duplicate(server, tmp_path):
     code, result, output = await run_loadgen(
         server.port, server.app.config.jwt_secret, tmp_path, "replay-storm",
@@ -82,6 +83,7 @@ async def test_replay_storm_finds_every_client_caught_up_with_no_gap_or_duplicat
     assert storm["resets"] == 0
 
 
+@pytest.mark.slow
 async def test_create_reports_stored_rate_and_the_servers_loop_lag(make_server, tmp_path):
     # As fast as the server stores, with few tokens: a volume test, so no
     # publish budget (the benchmarks themselves run one that never refuses).
@@ -97,6 +99,7 @@ async def test_create_reports_stored_rate_and_the_servers_loop_lag(make_server, 
     assert create["loop_lag"]["samples"] >= 10, "a second of 50 ms samples"
 
 
+@pytest.mark.slow
 async def test_floor_delivers_events_to_every_device_of_each_listed_user(tmp_path):
     port = free_port()
     floor = await asyncio.create_subprocess_exec(
@@ -116,6 +119,7 @@ async def test_floor_delivers_events_to_every_device_of_each_listed_user(tmp_pat
         assert await asyncio.wait_for(floor.wait(), 10) == 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("layer", ["handler", "delegate", "lean", "lean-handler"])
 async def test_bare_tornado_answers_the_create_scenario_on_every_layer(tmp_path, layer):
     port = free_port()
@@ -146,6 +150,7 @@ def test_soak_drift_compares_the_last_third_with_the_end_of_warm_up():
     assert drift["slope_kb_per_min"] == pytest.approx(54.0), "least squares over t >= 20"
 
 
+@pytest.mark.slow
 async def test_soak_churns_streams_and_finds_the_stats_back_at_zero(server, tmp_path):
     out = tmp_path / "soak.json"
     proc = await asyncio.create_subprocess_exec(

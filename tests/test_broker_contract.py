@@ -20,7 +20,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from core.fanout.broker import LocalBroker
-from core.domain.messages import StreamMessage
+from core.fanout.messages import StreamMessage
 from core.fanout.redis_broker import RedisBroker
 from tests.support.checks import wait_until
 

@@ -11,13 +11,13 @@ way a broker would.
 from __future__ import annotations
 
 import asyncio
-import time
 
 import pytest
 
 from core.domain.validation import compact_json
 from models import queries
 from tests.support.checks import cursor_of
+from tests.support.hooks import around
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -57,7 +57,7 @@ async def test_resync_after_a_broker_outage_catches_every_stream_up(server):
     bob = await server.live_stream("bob")
     lost_alice = await store_silently(server, "alice", 2)
     lost_bob = await store_silently(server, "bob", 1)
-    await server.app.service.catch_up_all(server.manager)
+    await server.app.deps.replay.catch_up_all()
     assert [cursor_of(event) for event in await alice.events(2)] == lost_alice
     assert [cursor_of(event) for event in await bob.events(1)] == lost_bob
     # Live delivery continues after the catch-up, without repeats.
@@ -81,23 +81,21 @@ async def test_the_originator_skipping_its_own_event_is_not_taken_for_a_gap(serv
 
 async def test_a_stream_still_replaying_during_a_resync_catches_up_once_live(server, monkeypatch):
     old = await store_silently(server, "alice", 1)
-    page_read = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    original = queries.events_after
+    page_read, release = asyncio.Event(), asyncio.Event()
 
-    def slow_events_after(*args):
-        # Read the page, then linger (on the database thread) so the test can
-        # lose an event after the page was read but before the stream is live.
-        rows = original(*args)
-        loop.call_soon_threadsafe(page_read.set)
-        time.sleep(0.3)
-        return rows
+    async def hold(device, after) -> None:
+        # The stream is subscribed and its first page is read, but it is
+        # not live yet: it stays so until the test has lost an event and
+        # resynced.
+        page_read.set()
+        await release.wait()
 
-    monkeypatch.setattr(queries, "events_after", slow_events_after)
+    around(monkeypatch, server.app.deps.replay, "plan", after=hold)
     connecting = asyncio.ensure_future(server.live_stream("alice", headers={"Last-Event-ID": "0"}))
     await page_read.wait()
     lost = await store_silently(server, "alice", 1)
-    await server.app.service.catch_up_all(server.manager)
+    await server.app.deps.replay.catch_up_all()
+    release.set()
     client = await connecting
     events = await client.events(2)
     assert [cursor_of(event) for event in events] == old + lost

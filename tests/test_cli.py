@@ -7,205 +7,46 @@ standard library, and checks the exit status, stdout and stderr.  Servers
 write their logs to files under ``tmp_path`` and are always killed at the
 end, whatever happened.  Start-up is awaited by polling ``/health`` with a
 bounded retry loop (there is no other signal that a subprocess is ready).
+How a server is started and reached is :mod:`tests.support.processes`.
 """
 
 from __future__ import annotations
 
 import base64
-import contextlib
-import dataclasses
 import hashlib
 import hmac
-import http.client
-import json
-import os
 import re
 import signal
 import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Iterator
 
 import jwt
 import pytest
 
-from tests.support import leaks
+from tests.support.processes import (
+    SECRET,
+    SHUTDOWN_LIMIT,
+    Finished,
+    ServerProcess,
+    assert_clean_failure,
+    clean_env,
+    free_port,
+    run,
+    serving,
+    sqlite_url,
+    token_for,
+)
 from tests.support.sse import ChunkedDecoder
 
-pytestmark = pytest.mark.timeout(30)
-
-ROOT = Path(__file__).resolve().parents[1]
-SECRET = "cli-test-secret-" + "k" * 24
-#: Seconds a server may take to answer /health after it was started.
-START_TIMEOUT = 10.0
-#: Seconds the contract allows for a graceful shutdown.
-SHUTDOWN_LIMIT = 10.0
-
-
-# -- processes -------------------------------------------------------------------------
-
-
-def clean_env(**variables: str) -> dict[str, str]:
-    """This process's environment without any ``NOTIFY_*``, plus ``variables``."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("NOTIFY_")}
-    env.update(variables)
-    return env
-
-
-def free_port(address: str = "127.0.0.1") -> int:
-    """A TCP port that is free on ``address`` right now."""
-    with socket.socket() as probe:
-        probe.bind((address, 0))
-        return probe.getsockname()[1]
+pytestmark = [pytest.mark.timeout(30), pytest.mark.slow]
 
 
 def assert_refused(host: str, port: int) -> None:
     """Assert that nothing listens on ``host:port``."""
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection((host, port), timeout=2).close()
-
-
-def sqlite_url(tmp_path: Path, name: str = "notify.db") -> str:
-    """A ``--db-url`` for a fresh SQLite file under ``tmp_path``."""
-    return f"sqlite:///{tmp_path / name}"
-
-
-@dataclasses.dataclass
-class Finished:
-    """A command that ran to its end."""
-
-    returncode: int
-    stdout: str
-    stderr: str
-
-
-def run(args: Sequence[str], env: Mapping[str, str] | None = None, timeout: float = 15) -> Finished:
-    """Run ``python server.py *args`` to completion (killed after ``timeout``).
-
-    Its stderr is scanned for the credentials of the run (stdout is where
-    ``issue-token`` prints its token on purpose).
-    """
-    leaks.note_argv(args, env)
-    done = subprocess.run(
-        [sys.executable, "server.py", *args],
-        cwd=ROOT,
-        env=dict(env) if env is not None else clean_env(),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-    leaks.observe(done.stderr, f"stderr of server.py {args[0] if args else ''}")
-    return Finished(done.returncode, done.stdout, done.stderr)
-
-
-def assert_clean_failure(result: Finished, fragment: str, returncode: int | None = None) -> str:
-    """Assert a refused start: non-zero exit, no traceback, an error line with ``fragment``.
-
-    :returns: the error line.
-    """
-    assert result.returncode != 0, result
-    if returncode is not None:
-        assert result.returncode == returncode, result
-    assert "Traceback" not in result.stderr, result.stderr
-    last = result.stderr.strip().splitlines()[-1]
-    assert last.startswith("server.py: error: "), result.stderr
-    assert fragment in last, result.stderr
-    return last
-
-
-@dataclasses.dataclass
-class ServerProcess:
-    """A server running in a subprocess, and where its output goes."""
-
-    process: subprocess.Popen[bytes]
-    host: str
-    port: int
-    log_path: Path
-
-    def log(self) -> str:
-        """Everything the server wrote to stderr so far."""
-        return self.log_path.read_text(errors="replace")
-
-    def request(self, method: str, path: str, body: Any = None, token: str | None = None) -> tuple[int, Any]:
-        """``(status, parsed JSON body or None)`` of one request."""
-        return http_request(self.host, self.port, method, path, body, token)
-
-    def login(self, user_id: str, password: str) -> tuple[int, Any]:
-        """``POST /api/v1/auth/login``."""
-        return self.request("POST", "/api/v1/auth/login", {"userId": user_id, "password": password})
-
-
-def http_request(host: str, port: int, method: str, path: str, body: Any = None, token: str | None = None, timeout: float = 5) -> tuple[int, Any]:
-    """One HTTP request on a fresh connection: ``(status, JSON body or None)``."""
-    headers = {"Accept": "application/json"}
-    payload = None
-    if body is not None:
-        payload = json.dumps(body).encode()
-        headers["Content-Type"] = "application/json"
-    if token is not None:
-        headers["Authorization"] = f"Bearer {token}"
-    connection = http.client.HTTPConnection(host, port, timeout=timeout)
-    try:
-        connection.request(method, path, body=payload, headers=headers)
-        response = connection.getresponse()
-        raw = response.read()
-    finally:
-        connection.close()
-    leaks.observe_exchange(method, path, headers, body, response.status, raw)
-    try:
-        return response.status, json.loads(raw) if raw else None
-    except ValueError:
-        return response.status, None
-
-
-def wait_healthy(process: subprocess.Popen[bytes], host: str, port: int, log_path: Path) -> None:
-    """Poll ``/health`` until it answers 200; fail if the process dies or time runs out."""
-    deadline = time.monotonic() + START_TIMEOUT
-    while True:
-        if process.poll() is not None:
-            pytest.fail(f"server exited with {process.returncode} before serving:\n{log_path.read_text()}")
-        try:
-            status, body = http_request(host, port, "GET", "/health", timeout=1)
-        except OSError:
-            status, body = None, None
-        if status == 200:
-            assert body["status"] == "ok"
-            return
-        if time.monotonic() > deadline:
-            pytest.fail(f"server did not become healthy on {host}:{port} (last status {status}):\n{log_path.read_text()}")
-        time.sleep(0.05)
-
-
-@contextlib.contextmanager
-def serving(tmp_path: Path, args: Sequence[str], host: str = "127.0.0.1", port: int | None = None, env: Mapping[str, str] | None = None) -> Iterator[ServerProcess]:
-    """Start ``python server.py *args``, wait until it is healthy, kill it at the end.
-
-    :param port: where to poll; ``None`` picks a free port and passes it as
-        ``--port`` (give one when ``args`` or ``env`` choose it).
-    """
-    if port is None:
-        port = free_port(host)
-        args = [*args, "--port", str(port)]
-    log_path = tmp_path / f"server-{port}.log"
-    leaks.note_argv(args, env)
-    with open(log_path, "wb") as stderr, open(tmp_path / f"server-{port}.out", "wb") as stdout:
-        process = subprocess.Popen(
-            [sys.executable, "server.py", *args],
-            cwd=ROOT,
-            env=dict(env) if env is not None else clean_env(),
-            stdout=stdout,
-            stderr=stderr,
-        )
-    try:
-        wait_healthy(process, host, port, log_path)
-        yield ServerProcess(process, host, port, log_path)
-    finally:
-        if process.poll() is None:
-            process.kill()
-        process.wait()
-        leaks.observe_file(log_path, f"stderr of the server on port {port}")
 
 
 def secret_server_args(tmp_path: Path, *extra: str) -> list[str]:
@@ -218,11 +59,6 @@ def signs(token: str, secret: str) -> bool:
     signing_input, _, signature = token.rpartition(".")
     digest = hmac.new(secret.encode(), signing_input.encode(), hashlib.sha256).digest()
     return hmac.compare_digest(base64.urlsafe_b64encode(digest).rstrip(b"=").decode(), signature)
-
-
-def token_for(user_id: str, role: str = "user", secret: str = SECRET) -> str:
-    """A JWT signed as an external identity provider would sign it."""
-    return jwt.encode({"sub": user_id, "role": role, "exp": int(time.time()) + 600}, secret, algorithm="HS256")
 
 
 # -- serving: flags and environment -------------------------------------------------------

@@ -42,36 +42,20 @@ from typing import Any, Callable, Iterator, Sequence
 import pytest
 
 from tests.support.blocking_sse import BlockingStream
+from tests.support.processes import SECRET, SHUTDOWN_LIMIT, ServerProcess, http_request, serving, token_for, wait_for
 from tests.support.redis_server import RedisServer
 from tests.support.sse import Event
-from tests.test_cli import SECRET, ServerProcess, http_request, serving, token_for
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = [pytest.mark.timeout(60), pytest.mark.slow]
 
 #: Users, each with one device on each process.
 USERS = ("alice", "bob", "carol", "dave")
-#: Seconds the contract allows for a graceful shutdown.
-SHUTDOWN_LIMIT = 10.0
 #: Seconds for every device to receive what the database holds (loopback:
 #: well under a second normally; Redis's reconnect backoff may add a few).
 DELIVERY = 15.0
 #: Seconds for both processes' brokers to be back after Redis restarts
 #: (their backoff reaches 1.6 s after a 1-2 s outage; 5 s at most).
 RECOVERY = 15.0
-#: Polling interval of waits on conditions in other processes.
-POLL = 0.02
-
-
-# -- conditions ------------------------------------------------------------------------
-
-
-def wait_for(condition: Callable[[], bool], timeout: float, what: Callable[[], str] | str) -> None:
-    """Poll ``condition`` until true; fail with ``what`` after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout} s waiting for {what() if callable(what) else what}")
-        time.sleep(POLL)
 
 
 # -- the cluster ----------------------------------------------------------------------

@@ -4,17 +4,31 @@ The settings are read the way ``server.py`` reads them: flags declared by
 ``add_options`` on an argparse parser, merged by ``build_config`` over the
 environment (passed in as a dict, never the real one) over the defaults.
 A bad value, from a flag or from the environment, ends in argparse's usage
-error (exit status 2) naming the setting and the value.
+error (exit status 2) naming the setting and the value.  The reference
+``docs/CONFIGURATION.md`` is what ``reference_markdown`` renders, to the byte.
 """
 
 from __future__ import annotations
 
 import argparse
+import pathlib
+import subprocess
+import sys
 from typing import Mapping, Sequence
 
 import pytest
 
-from core.runtime.config import OPTIONS, Config, ConfigError, add_options, build_config, env_name
+from core.runtime.config import (
+    DESCRIPTIONS,
+    OPTIONS,
+    REFERENCE_PATH,
+    Config,
+    ConfigError,
+    add_options,
+    build_config,
+    env_name,
+    reference_markdown,
+)
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -248,3 +262,33 @@ def test_non_numeric_port_in_environment_says_what_was_expected(capsys):
 def test_unsupported_database_scheme_says_what_is_supported(capsys):
     message = usage_error(capsys, ["--db-url", "mysql://"])
     assert "sqlite:///" in message and "postgresql://" in message
+
+
+# -- the configuration reference (docs/CONFIGURATION.md) --------------------------------
+
+REPOSITORY = pathlib.Path(__file__).resolve().parent.parent
+
+
+def test_every_flag_has_a_description_and_no_description_names_an_unknown_flag():
+    assert sorted(DESCRIPTIONS) == sorted(flag for flag, _kind, _help in OPTIONS)
+
+
+def test_reference_has_one_row_per_flag_with_its_variable_and_default():
+    rows = [line for line in reference_markdown().splitlines() if line.startswith("| `--")]
+    assert [row.split(" | ")[0] for row in rows] == [f"| `{flag}`" for flag, _kind, _help in OPTIONS]
+    assert "| `--db-url` | `NOTIFY_DB_URL` | `sqlite:///notifications.db` |" in reference_markdown()
+    assert "| `--demo` | `NOTIFY_DEMO` | off |" in reference_markdown()
+    assert "| `--redis-url` | `NOTIFY_REDIS_URL` | empty |" in reference_markdown()
+
+
+def test_configuration_document_is_what_the_reference_renders():
+    # When this fails: python -m core.runtime.config > docs/CONFIGURATION.md
+    document = (REPOSITORY / REFERENCE_PATH).read_text(encoding="utf-8")
+    assert document == reference_markdown()
+
+
+def test_module_run_as_a_script_prints_the_reference():
+    result = subprocess.run(
+        [sys.executable, "-m", "core.runtime.config"], cwd=REPOSITORY, capture_output=True, text=True, timeout=20, check=True
+    )
+    assert result.stdout == reference_markdown()

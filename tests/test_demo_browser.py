@@ -25,14 +25,15 @@ import pytest
 import tornado.ioloop
 
 from core.streams.manager import SHUTDOWN
-from tests.conftest import need
+from tests.support.checks import wait_until
+from tests.support.processes import need
 
 try:
     from playwright.async_api import async_playwright
 except ImportError:  # pragma: no cover - exercised only where it is missing
     async_playwright = None
 
-pytestmark = [pytest.mark.timeout(60), pytest.mark.usefixtures("no_error_logged")]
+pytestmark = [pytest.mark.timeout(60), pytest.mark.slow, pytest.mark.usefixtures("no_error_logged")]
 
 #: As measured in STACK-NOTES: what makes Debian's chromium reliable here.
 CHROMIUM_ARGS = [
@@ -193,12 +194,8 @@ async def connection_id(page: Any) -> str:
 
 async def wait_devices(server: Any, count: int, user: str = USER, timeout: float = 10) -> None:
     """Wait until the server holds exactly ``count`` streams of ``user``."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while len(server.manager.devices_of(user)) != count:
-        if loop.time() > deadline:
-            raise AssertionError(f"expected {count} streams, the server has {len(server.manager.devices_of(user))}")
-        await asyncio.sleep(0.02)
+    await wait_until(lambda: len(server.manager.devices_of(user)) == count, timeout,
+                     lambda: f"{count} streams (the server has {len(server.manager.devices_of(user))})")
 
 
 async def turn_on_shared_mode(page: Any) -> None:

@@ -24,9 +24,9 @@ import time
 
 import pytest
 
-from tests.support.checks import assert_error_body, wait_until
-from tests.test_cli import ROOT, SECRET, clean_env, free_port, sqlite_url, wait_healthy
-from tests.test_limits import NOTIFICATIONS, Raw, chunked, count_notifications, post_head
+from tests.support.checks import assert_error_body, count_notifications, wait_until
+from tests.support.processes import ROOT, SECRET, clean_env, free_port, sqlite_url, wait_for, wait_healthy
+from tests.support.rawhttp import NOTIFICATIONS, Raw, chunked, post_head
 
 #: Every test here runs through both doors (tests/conftest.py, ``door``).
 BOTH_DOORS = True
@@ -258,6 +258,7 @@ async def test_a_malformed_request_behind_a_slow_answer_is_refused_after_it(make
     await raw.close()
 
 
+@pytest.mark.slow
 async def test_a_body_behind_a_slow_answer_gets_its_whole_body_deadline_after_it(make_server, monkeypatch):
     server = await make_server(idle_timeout=0.2, body_timeout=1.0)
     entered, release = hold_health_answers(monkeypatch)
@@ -367,6 +368,7 @@ async def test_open_streams_count_towards_max_connections(make_server):
     second.close()
 
 
+@pytest.mark.slow
 def test_out_of_descriptors_pauses_accepting_with_one_log_line_and_little_cpu(tmp_path):
     limit = 200
     port = free_port()
@@ -385,10 +387,7 @@ def test_out_of_descriptors_pauses_accepting_with_one_log_line_and_little_cpu(tm
         wait_healthy(process, "127.0.0.1", port, log_path)
         for _ in range(300):  # more than the process has descriptors for
             held.append(socket.create_connection(("127.0.0.1", port)))
-        deadline = time.monotonic() + 10
-        while "out of descriptors" not in log_path.read_text():
-            assert time.monotonic() < deadline, log_path.read_text()
-            time.sleep(0.05)
+        wait_for(lambda: "out of descriptors" in log_path.read_text(), 10, lambda: f"the line in {log_path.read_text()}")
         size_before, cpu_before = log_path.stat().st_size, cpu_seconds(process.pid)
         time.sleep(3.0)  # the window the figures are measured over
         cpu = cpu_seconds(process.pid) - cpu_before

@@ -15,8 +15,8 @@ import pytest
 from tornado.httputil import HTTPHeaders
 
 import handlers.tornado_door
-from tests.support.checks import assert_error, assert_error_body, wait_until
-from tests.test_limits import NOTIFICATIONS, Raw, chunked, post_head
+from tests.support.checks import assert_error_body, wait_until
+from tests.support.rawhttp import NOTIFICATIONS, Raw, chunked, post_head
 
 pytestmark = [pytest.mark.timeout(30), pytest.mark.usefixtures("no_error_logged")]
 

@@ -519,6 +519,7 @@ def tornado_server(new_db_url) -> TornadoServer:
     server.stop()
 
 
+@pytest.mark.slow
 async def test_every_case_ends_as_on_tornado_or_differs_for_a_listed_reason(make_server, tornado_server, caplog):
     tornado_server.leave_logs_out(caplog)
     ours = await make_server(**{key: value for key, value in SETTINGS.items() if key != "jwt_secret"})

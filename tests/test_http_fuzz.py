@@ -28,7 +28,7 @@ from hypothesis import strategies as st
 
 from tests.support.rawhttp import Malformed, Response, close_writer, open_raw, read_response, send_pieces
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.timeout(120), pytest.mark.slow]
 
 #: The server's idle and body deadlines (seconds): what a stalled request costs an example.
 SHORT = 0.25

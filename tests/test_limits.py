@@ -12,87 +12,26 @@ Each case says what the client gets (README, "Limits"):
   unknown body fields: ignored;
 - a path out of ``static/``, however encoded: JSON 404.
 
-Requests whose framing matters are written by hand on a raw socket, so that
-nothing is added or fixed behind the test's back.
+Requests whose framing matters are written by hand on a raw socket
+(:mod:`tests.support.rawhttp`), so that nothing is added or fixed behind
+the test's back.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 
 import pytest
-from tornado.httputil import HTTPHeaders
 
-from tests.support.checks import assert_error, assert_error_body, wait_until
+from tests.support.checks import assert_error, assert_error_body, count_notifications, wait_until
+from tests.support.rawhttp import NOTIFICATIONS, Raw, chunked, post_head
 
 #: Every test here runs through both doors (tests/conftest.py, ``door``).
 BOTH_DOORS = True
 
 pytestmark = [pytest.mark.timeout(30), pytest.mark.usefixtures("no_error_logged")]
 
-NOTIFICATIONS = "/api/v1/users/alice/notifications"
 LIMIT = 256 * 1024
-
-
-class Raw:
-    """One hand-written HTTP/1.1 exchange on a raw socket."""
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader = reader
-        self.writer = writer
-
-    @classmethod
-    async def open(cls, server) -> "Raw":
-        """Connect to ``server``."""
-        return cls(*await asyncio.open_connection(server.host, server.port))
-
-    async def send(self, data: bytes) -> None:
-        """Write ``data`` and wait until the kernel has taken it."""
-        self.writer.write(data)
-        await self.writer.drain()
-
-    async def response(self) -> tuple[int, HTTPHeaders, bytes]:
-        """Read one response: ``(status, headers, body)`` (bodies here have a Content-Length)."""
-        head = await self.reader.readuntil(b"\r\n\r\n")
-        start, _, rest = head.decode("latin-1").partition("\r\n")
-        headers = HTTPHeaders.parse(rest)
-        body = await self.reader.readexactly(int(headers.get("Content-Length", "0")))
-        return int(start.split(" ")[1]), headers, body
-
-    async def closed_by_server(self) -> bytes:
-        """Everything the server still sends before it closes the connection."""
-        return await self.reader.read()
-
-    async def close(self) -> None:
-        """Close our end."""
-        self.writer.close()
-        try:
-            await self.writer.wait_closed()
-        except ConnectionError:
-            pass
-
-
-def post_head(server, length: int | None, extra: str = "", path: str = NOTIFICATIONS, user: str = "alice") -> bytes:
-    """The head of an authenticated JSON ``POST``; ``length=None`` sends it chunked."""
-    framing = "Transfer-Encoding: chunked\r\n" if length is None else f"Content-Length: {length}\r\n"
-    return (
-        f"POST {path} HTTP/1.1\r\nHost: {server.host}:{server.port}\r\n"
-        f"Authorization: Bearer {server.token(user)}\r\nContent-Type: application/json\r\n"
-        f"{framing}{extra}\r\n"
-    ).encode("latin-1")
-
-
-def chunked(*pieces: bytes) -> bytes:
-    """``pieces`` as a chunked body, with the terminating chunk."""
-    return b"".join(b"%x\r\n%s\r\n" % (len(piece), piece) for piece in pieces) + b"0\r\n\r\n"
-
-
-async def count_notifications(server, user_id: str = "alice") -> int:
-    """How many notifications ``user_id`` has stored."""
-    status, _, body, raw = await server.request("GET", f"/api/v1/users/{user_id}/notifications?limit=100", as_user=user_id)
-    assert status == 200, raw
-    return len(body["items"])
 
 
 # -- bodies -----------------------------------------------------------------------

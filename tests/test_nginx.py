@@ -23,19 +23,17 @@ import os
 import signal
 import socket
 import subprocess
-import time
 import urllib.parse
 from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
 
-from tests.conftest import need
 from tests.support import leaks
 from tests.support.blocking_sse import BlockingStream
-from tests.test_cli import ROOT, SECRET, free_port, serving, token_for
+from tests.support.processes import ROOT, SECRET, SHUTDOWN_LIMIT, free_port, need, serving, token_for, wait_for
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = [pytest.mark.timeout(60), pytest.mark.slow]
 
 CONF = ROOT / "deploy" / "nginx.conf"
 #: The values of deploy/nginx.conf a test replaces with its own ports (and log).
@@ -46,8 +44,6 @@ KEEPALIVE = 0.3
 #: How long a proxied event may take: far below any buffer-flush timeout,
 #: far above loopback latency.
 PROMPTLY = 2.0
-#: Seconds the contract allows for a graceful shutdown.
-SHUTDOWN_LIMIT = 10.0
 
 
 def nginx_config(tmp_path: Path, listen: int, backend_a: int, backend_b: int) -> Path:
@@ -102,16 +98,15 @@ def running_nginx(tmp_path: Path, listen: int, backend_a: int, backend_b: int) -
         )
     try:
         # Nothing says "listening" but the port itself: poll it, bounded.
-        deadline = time.monotonic() + 10
-        while True:
+        def listening() -> bool:
             if process.poll() is not None:
                 logs = [path.read_text(errors="replace") for path in (prefix / "stderr.log", error_log) if path.exists()]
                 pytest.fail(f"nginx exited with {process.returncode}: {' '.join(logs)}")
             with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", listen), timeout=1):
-                break
-            if time.monotonic() > deadline:
-                pytest.fail("nginx did not listen within 10 s")
-            time.sleep(0.02)
+                return True
+            return False
+
+        wait_for(listening, 10, "nginx to listen")
         yield process
     finally:
         process.terminate()
@@ -301,10 +296,7 @@ def test_nginx_access_log_has_the_stream_path_without_query_credentials(proxied,
     assert status == 401
     log = tmp_path / "nginx" / "notify-access.log"
     # nginx writes a request's line when it ends; the stream ended above.
-    deadline = time.monotonic() + PROMPTLY
-    while log.read_text().count("/notifications/stream") < 2:
-        assert time.monotonic() < deadline, log.read_text()
-        time.sleep(0.02)
+    wait_for(lambda: log.read_text().count("/notifications/stream") >= 2, PROMPTLY, lambda: f"both lines in {log.read_text()}")
     text = log.read_text()
     assert '"GET /api/v1/users/alice/notifications/stream HTTP/1.1" 200' in text, text
     assert '"GET /api/v1/users/alice/notifications/stream HTTP/1.1" 401' in text, text

@@ -19,7 +19,7 @@ import tornado.web
 import yaml
 from openapi_spec_validator import OpenAPIV31SpecValidator
 
-from tests.test_cli import ROOT
+from tests.support.processes import ROOT
 
 pytestmark = [pytest.mark.timeout(30), pytest.mark.usefixtures("no_error_logged")]
 

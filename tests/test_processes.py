@@ -26,15 +26,24 @@ import pytest
 
 from tests.support import leaks
 from tests.support.blocking_sse import BlockingStream
+from tests.support.processes import (
+    ROOT,
+    SECRET,
+    SHUTDOWN_LIMIT,
+    assert_clean_failure,
+    clean_env,
+    free_port,
+    http_request,
+    run,
+    token_for,
+    wait_for,
+)
 from tests.support.redis_server import RedisServer
-from tests.test_cli import ROOT, SECRET, assert_clean_failure, clean_env, free_port, http_request, run, token_for
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = [pytest.mark.timeout(60), pytest.mark.slow]
 
-#: Seconds the contract allows for a graceful shutdown.
-SHUTDOWN_LIMIT = 10.0
 #: Seconds for both processes to start (each starts once the previous serves).
-START_TIMEOUT = 15.0
+BOTH_STARTED = 15.0
 #: Fresh connections tried before concluding the kernel never picks a process.
 MAX_TRIES = 200
 
@@ -61,15 +70,6 @@ def alive(pid: int) -> bool:
 def children_of(pid: int) -> set[int]:
     """The live processes whose parent is ``pid``."""
     return {int(entry) for entry in os.listdir("/proc") if entry.isdigit() and parent_pid_of(int(entry)) == pid}
-
-
-def wait_for(condition, timeout: float, what: str) -> None:
-    """Poll ``condition`` (state of other processes: no event to await) until true."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.05)
 
 
 class Cluster:
@@ -135,7 +135,7 @@ def cluster(tmp_path: Path, redis: RedisServer, db_url: str, *extra: str) -> Ite
                 pytest.fail(f"server.py exited with {process.returncode}:\n{log_path.read_text()}")
             return "2 processes serving" in log_path.read_text(errors="replace")
 
-        wait_for(started, START_TIMEOUT, "both processes to serve")
+        wait_for(started, BOTH_STARTED, "both processes to serve")
         running = Cluster(process, port, log_path)
         assert len(running.children) == 2, running.log()
         seen |= running.children

@@ -19,8 +19,7 @@ import time
 import pytest
 
 from tests.support.checks import cursor_of
-
-from models import queries
+from tests.support.hooks import around
 
 #: Every test here runs through both doors (tests/conftest.py, ``door``).
 BOTH_DOORS = True
@@ -167,6 +166,7 @@ async def test_named_events_replay_with_their_names(server):
     resumed.close()
 
 
+@pytest.mark.slow
 async def test_replay_longer_than_one_page_arrives_complete_and_in_order(make_server):
     # core/domain/service.py reads the log in pages of 500 events.  A volume test,
     # not one of the publish budget: publishing is not limited here.
@@ -285,32 +285,31 @@ async def reconnect_at(server, user_id: str, cursor: int, mark: asyncio.Event):
     return await resume(server, user_id, cursor)
 
 
-def slow_down_history_reads(monkeypatch, seconds: float = 0.02) -> None:
-    """Make every replay page read take ``seconds`` longer on each side.
+def publish_around_history_reads(monkeypatch, server, user_id: str) -> None:
+    """From now on, create a notification right before and right after each stream's history read.
 
-    The delay is on the database thread, so the loop keeps publishing
-    meanwhile: events committed before the query are both in the history
-    and queued live, events committed after it are only queued live.  That
-    is the handover a real, busier database makes likely.
+    The first is committed once the device is subscribed but before its
+    history is read: it is both in the history and queued live (sent twice
+    unless the handover skips it).  The second is committed after the read,
+    before the device goes live: it is only queued live (lost unless the
+    queue is flushed after the history).  Every reconnection meets both
+    cases, every run, while the concurrent publishing goes on.
     """
-    original = queries.events_after
 
-    def slow(*args):
-        time.sleep(seconds)
-        rows = original(*args)
-        time.sleep(seconds)
-        return rows
+    async def before_read(device, after) -> None:
+        await server.notify(user_id, f"before the read of {device.id}")
 
-    monkeypatch.setattr(queries, "events_after", slow)
+    async def after_read(device, after) -> None:
+        await server.notify(user_id, f"after the read of {device.id}")
+
+    around(monkeypatch, server.app.deps.replay, "plan", before=before_read, after=after_read)
 
 
-@pytest.mark.parametrize("history_delay", [0.0, 0.02], ids=["as-is", "slow-history"])
-async def test_replay_during_concurrent_publishing_misses_nothing_and_repeats_nothing(make_server, monkeypatch, history_delay):
+@pytest.mark.parametrize("around_reads", [False, True], ids=["as-is", "around-each-read"])
+async def test_replay_during_concurrent_publishing_misses_nothing_and_repeats_nothing(make_server, monkeypatch, around_reads):
     # Room for the witness and every reconnection at once; publishing as
     # fast as the server stores (a test of the handover, not of the budget).
     server = await make_server(max_devices_per_user=20, publish_rate=0)
-    if history_delay:
-        slow_down_history_reads(monkeypatch, history_delay)
     witness = await server.live_stream("alice")
     first = await server.live_stream("alice")
     seen = await notify_seen(server, first, "alice", 50, prefix="before")
@@ -320,11 +319,14 @@ async def test_replay_during_concurrent_publishing_misses_nothing_and_repeats_no
 
     # Several devices resume from k at different points of the flow.
     marks = {count: asyncio.Event() for count in (0, 30, 70, 110, 150, 190)}
+    if around_reads:
+        publish_around_history_reads(monkeypatch, server, "alice")
     reconnections = [asyncio.ensure_future(reconnect_at(server, "alice", k, mark)) for mark in marks.values()]
     await publish_concurrently(server, "alice", 200, 10, marks)
     clients = await asyncio.gather(*reconnections)
 
-    logged = await witness.events(200)
+    # A reconnection is ready once its hooks' notifications are created.
+    logged = await witness.events(200 + (2 * len(marks) if around_reads else 0))
     expected = [cursor_of(event) for event in logged]
     assert all(cursor > k for cursor in expected)
     for client in clients:

@@ -41,7 +41,7 @@ import pytest
 from tests.support.checks import wait_until
 from tests.support.sse import ChunkedDecoder, SSEParser
 
-pytestmark = [pytest.mark.timeout(60), pytest.mark.scale]
+pytestmark = [pytest.mark.timeout(60), pytest.mark.scale, pytest.mark.slow]
 
 USERS = 20
 READERS_PER_USER = 100
@@ -172,7 +172,7 @@ def unsent_per_stream(server) -> list[tuple[int, int]]:
         writer = device.writer
         sock = getattr(writer, "_sock", None)
         if sock is not None:
-            sizes.append((writer._pending_size, kernel_unsent(sock)))
+            sizes.append((writer.pending, kernel_unsent(sock)))
     return sizes
 
 

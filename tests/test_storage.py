@@ -15,7 +15,7 @@ import pytest
 
 from models.tables import database
 from tests.support.checks import assert_error
-from tests.test_cli import ROOT
+from tests.support.processes import ROOT
 
 pytestmark = pytest.mark.usefixtures("no_error_logged")
 

@@ -226,6 +226,7 @@ async def test_keepalive_ping_comment_arrives(make_server):
     client.close()
 
 
+@pytest.mark.slow
 async def test_expired_token_sends_token_expired_and_ends_the_stream_cleanly(server):
     token = server.token("alice", ttl=2)
     client = await server.live_stream("alice", headers={"Authorization": f"Bearer {token}"})

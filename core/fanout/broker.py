@@ -12,7 +12,7 @@ import json
 import logging
 from typing import Any, Callable, Protocol
 
-from core.domain.messages import StreamMessage
+from core.fanout.messages import StreamMessage
 
 log = logging.getLogger("notify.broker")
 

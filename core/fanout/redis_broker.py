@@ -58,7 +58,7 @@ from redis.backoff import NoBackoff
 from redis.maint_notifications import MaintNotificationsConfig
 
 from core.fanout.broker import Deliver, Resync, Stats, deliver_safely
-from core.domain.messages import StreamMessage
+from core.fanout.messages import StreamMessage
 
 log = logging.getLogger("notify.broker")
 

@@ -4,7 +4,9 @@ Each flag of ``python server.py`` is declared once in :data:`OPTIONS`; the
 same declaration gives its environment variable (``NOTIFY_<FLAG>``), its
 default and its help text.  A flag on the command line wins over the
 environment, which wins over the default.  No other module reads the
-environment.
+environment.  :data:`DESCRIPTIONS` holds each flag's full meaning, from
+which :func:`reference_markdown` renders ``docs/CONFIGURATION.md``
+(``python -m core.runtime.config > docs/CONFIGURATION.md``).
 """
 
 from __future__ import annotations
@@ -171,6 +173,88 @@ OPTIONS: Sequence[tuple[str, Any, str]] = (
     ("--cors-origins", _origins, "comma-separated origins allowed to call the API from a browser, with credentials; '*' = any origin, without credentials; empty = no CORS"),
 )
 
+#: Flag -> what it means in full (Markdown, links relative to ``docs/``).
+#: The short help of :data:`OPTIONS` is what ``--help`` prints; this is the
+#: meaning column of ``docs/CONFIGURATION.md`` (:func:`reference_markdown`).
+DESCRIPTIONS: Mapping[str, str] = {
+    "--port": "TCP port",
+    "--address": "address to bind",
+    "--db-url": "`sqlite:///path.db`, `sqlite:///:memory:` or `postgresql://user@host:port/db`",
+    "--redis-url": (
+        "empty = one process; `redis://[:password@]host:port/db` (or `rediss://`) = processes sharing it and the "
+        "database act as one service. The database number (0 when the URL names none) separates deployments on "
+        "one Redis server: their channels and keys never meet (see "
+        "[Several deployments on one Redis](DEPLOYMENT.md#several-deployments-on-one-redis)). A malformed URL "
+        "stops the start; an unreachable Redis does not: the server starts, `/health` answers 503 with "
+        '`"broker": "down"`, and it keeps reconnecting (0.1 s doubling to 5 s)'
+    ),
+    "--jwt-secret": (
+        "HS256 secret (only HS256 is then accepted); prefer `NOTIFY_JWT_SECRET` to the flag, which every local "
+        "user can read in the process list"
+    ),
+    "--jwt-public-key": "PEM file of an RSA (RS256) or EC (ES256) public key",
+    "--keepalive-interval": "seconds between `: ping` comments on every open stream",
+    "--max-devices-per-user": "open streams per user on one process (429 above)",
+    "--demo": "demo users (password `demo`) and, without a key, a generated development secret",
+    "--history-days": "how long events stay replayable; an older cursor gets `event: reset`",
+    "--cookie-secure": "add `Secure` to the `access_token` cookie (HTTPS)",
+    "--token-ttl": "lifetime (s) of tokens issued by login",
+    "--max-buffer-kb": (
+        "unsent KiB a stream may hold before it is dropped as a slow reader; also the stream socket's kernel "
+        "send buffer (`SO_SNDBUF`, at least 16), so a client that stops reading costs at most about 3x this"
+    ),
+    "--max-body-kb": "largest request body (413 above; see [Limits](LIMITS.md#bodies))",
+    "--retry-ms": "reconnect delay suggested to browsers (`retry:`)",
+    "--log-level": "`debug`, `info`, `warning`, `error`",
+    "--processes": (
+        "serving processes on this machine, sharing `--port` (above 1 needs `--redis-url`; see "
+        "[One machine, several processes](DEPLOYMENT.md#one-machine-several-processes))"
+    ),
+    "--max-header-kb": "largest request line plus headers (431 above; see [Limits](LIMITS.md#headers))",
+    "--idle-timeout": (
+        "seconds a connection may take to send a request's headers, or stay idle between requests; never "
+        "applies to an open stream"
+    ),
+    "--body-timeout": "seconds a client may take to send a request body",
+    "--publish-rate": (
+        "notifications and events one principal (token subject) may publish per second, sustained; 429 with "
+        "`Retry-After` above; `0` = no limit"
+    ),
+    "--publish-burst": (
+        "publishes one principal may make at once on top of the rate; `0` = one second's worth of "
+        "`--publish-rate` (at least 1)"
+    ),
+    "--write-rate": (
+        "other writes (stream tickets, marking read, read-all, deletes) one principal may make per second, "
+        "sustained; 429 with `Retry-After` above; `0` = no limit"
+    ),
+    "--write-burst": (
+        "other writes one principal may make at once on top of the rate; `0` = one second's worth of "
+        "`--write-rate` (at least 1)"
+    ),
+    "--redis-namespace": (
+        "1 to 64 letters, digits, `_`, `.` or `-`: separates deployments that share one Redis database "
+        "(processes with the same URL and namespace are one service; any other namespace, empty included, "
+        "never sees their events, keys or instances)"
+    ),
+    "--jwt-audience": (
+        "when set, a token's `aud` (a string, or a list of them) must name this value, and the tokens this "
+        "server issues carry it; when empty, a token with an `aud` is refused"
+    ),
+    "--jwt-issuer": "when set, a token's `iss` must be this value, and the tokens this server issues carry it",
+    "--max-connections": (
+        "open connections one process serves, event streams included; past it a new connection gets a quick "
+        "503 `too_many_connections` with `Retry-After: 1` and is closed. `0` = automatic: the process's "
+        "descriptor limit (`ulimit -n`) minus a reserve of 5% (at least 64) for the database, Redis and the "
+        "listeners"
+    ),
+    "--cors-origins": (
+        "comma-separated origins (`https://app.example,http://localhost:3000`) whose pages may call the API "
+        "and open streams with credentials; `*` = any origin, without credentials; empty = no CORS headers "
+        "(see [CORS](API.md#cors))"
+    ),
+}
+
 
 def _attr(flag: str) -> str:
     return flag.lstrip("-").replace("-", "_")
@@ -218,3 +302,61 @@ def build_config(args: argparse.Namespace, environ: Mapping[str, str]) -> Config
     if config.log_level.lower() not in ("debug", "info", "warning", "error"):
         raise ConfigError(f"--log-level: expected debug, info, warning or error, got {config.log_level!r}")
     return config
+
+
+#: Where :func:`reference_markdown`'s output lives, from the repository root.
+REFERENCE_PATH = "docs/CONFIGURATION.md"
+
+_REFERENCE_HEAD = """\
+# Configuration
+
+<!-- Generated from core/runtime/config.py by `python -m core.runtime.config > docs/CONFIGURATION.md`.
+     Edit the descriptions there (DESCRIPTIONS), not this file: tests/test_config.py compares the two. -->
+
+Every setting of `server.py` is a flag and an environment variable: `NOTIFY_`
+and the flag's name in capitals, `-` written `_` (`--db-url` is
+`NOTIFY_DB_URL`). A flag on the command line wins over the environment, which
+wins over the default. A switch (`--demo`, `--cookie-secure`) takes no value
+as a flag; as an environment variable it takes `true` or `false` (also `1`/`0`,
+`yes`/`no`, `on`/`off`; empty is false). A bad value, from either, stops the
+start with a usage error naming the setting. `python server.py --help` lists
+the same flags in short.
+
+| flag | environment | default | meaning |
+|---|---|---|---|
+"""
+
+
+def _shown_default(value: Any) -> str:
+    """A default as the reference table shows it: ``off``, ``empty``, or the value in code."""
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if value == "":
+        return "empty"
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return f"`{value}`"
+
+
+def reference_markdown() -> str:
+    """The configuration reference: every flag of :data:`OPTIONS` as a Markdown table.
+
+    One row per flag, in declaration order: the flag, its environment
+    variable, its default (from :class:`Config`) and its meaning (from
+    :data:`DESCRIPTIONS`, or the short help when a flag has none).  This is
+    the whole text of ``docs/CONFIGURATION.md``; regenerate that file with
+    ``python -m core.runtime.config > docs/CONFIGURATION.md``.
+    """
+    defaults = Config()
+    rows = []
+    for flag, _kind, help_text in OPTIONS:
+        meaning = DESCRIPTIONS.get(flag, help_text).replace("|", "\\|")
+        default = _shown_default(getattr(defaults, _attr(flag)))
+        rows.append(f"| `{flag}` | `{env_name(flag)}` | {default} | {meaning} |\n")
+    return _REFERENCE_HEAD + "".join(rows)
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.stdout.write(reference_markdown())

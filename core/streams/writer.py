@@ -28,13 +28,13 @@ such buffer; frames are small, and a replay waits for each page to drain.
 from __future__ import annotations
 
 import asyncio
-import collections
 import socket
 from typing import Any, Callable
 
 from tornado.iostream import IOStream, StreamBufferFullError, StreamClosedError
 
 from core.streams.sse import Frame
+from core.transport.output import Output
 
 #: The last chunk of a chunked response: the browser sees a clean end.
 TERMINATOR = b"0\r\n\r\n"
@@ -42,29 +42,6 @@ TERMINATOR = b"0\r\n\r\n"
 #: The smallest kernel send buffer a stream is given (bytes, before the
 #: kernel doubles it), whatever ``--max-buffer-kb`` says.
 MIN_SEND_BUFFER = 16 * 1024
-
-
-def send_queued(sock: socket.socket, queue: "collections.deque[memoryview]") -> int:
-    """Send ``queue``'s views in order, as far as the kernel takes them now.
-
-    What is sent leaves the queue (a view partly sent is cut to the rest).
-
-    :returns: the bytes sent.
-    :raises OSError: the connection failed.
-    """
-    total = 0
-    while queue:
-        head = queue[0]
-        try:
-            sent = sock.send(head)
-        except (BlockingIOError, InterruptedError):
-            break
-        total += sent
-        if sent < len(head):
-            queue[0] = head[sent:]
-            break
-        queue.popleft()
-    return total
 
 
 class SocketWriter:
@@ -75,8 +52,7 @@ class SocketWriter:
     unsent bytes; ``on_close`` runs once, whoever closes the connection.
     """
 
-    __slots__ = ("_sock", "_fd", "_loop", "chunked", "max_buffer", "_on_close", "_pending", "_pending_size",
-                 "_waiters", "_closing", "__weakref__")
+    __slots__ = ("_sock", "_fd", "_loop", "chunked", "max_buffer", "_on_close", "_output", "_closing", "__weakref__")
 
     def __init__(self, sock: socket.socket, chunked: bool, max_buffer: int, on_close: Callable[[], Any] | None) -> None:
         self._sock: socket.socket | None = sock
@@ -85,11 +61,9 @@ class SocketWriter:
         self.chunked = chunked
         self.max_buffer = max_buffer
         self._on_close = on_close
-        #: Bytes the kernel has not taken yet (None when there are none).
-        self._pending: collections.deque[memoryview] | None = None
-        self._pending_size = 0
-        #: Futures waiting for the pending bytes to leave (drain, finish).
-        self._waiters: list[asyncio.Future[None]] | None = None
+        #: Bytes the kernel has not taken yet (core.transport.output).
+        self._output = Output(sock, self._loop, self)
+        #: finish() was called: the connection closes once the output drains.
         self._closing = False
         if sock.family in (socket.AF_INET, socket.AF_INET6):
             # Frames are small and each must leave at once, not wait for
@@ -121,11 +95,15 @@ class SocketWriter:
                 on_close()
                 return None
             return cls(stream, chunked, max_buffer, on_close)
+        # Tornado's own HTTPServer (the application served without
+        # core.transport, as the tests that compare the two do) hands over
+        # an IOStream.
         sock = stream.socket
-        if stream.closed() or sock is None or stream._write_buffer or stream._read_buffer_size:
+        if stream.closed() or sock is None or stream.writing() or stream._read_buffer_size:
             # Closed, or unsent bytes still in the IOStream (the handler
             # flushed, so not expected), or bytes after the request that no
-            # one would ever read.
+            # one would ever read (no public way to know: a private field of
+            # Tornado 6.6, see docs/ARCHITECTURE.md).
             stream.close()
             on_close()
             return None
@@ -133,61 +111,34 @@ class SocketWriter:
         # dropped with the handler, and the socket lives on here.
         stream.io_loop.remove_handler(sock)
         stream.socket = None  # type: ignore[assignment]
-        stream._closed = True
         return cls(sock, chunked, max_buffer, on_close)
 
     # -- writing -------------------------------------------------------------
 
     def write(self, frame: Frame) -> None:
-        """Send ``frame`` (or queue what the kernel does not take now)."""
+        """Send ``frame`` (or hold what the kernel does not take now)."""
         self._send(frame.chunked if self.chunked else frame.raw)
 
     def _send(self, data: bytes, bounded: bool = True) -> None:
-        sock = self._sock
-        if sock is None or self._closing:
+        if self._sock is None or self._closing:
             raise StreamClosedError()
-        if self._pending is not None:
-            if bounded and self._pending_size + len(data) > self.max_buffer:
-                raise StreamBufferFullError("Reached maximum write buffer size")
-            self._pending.append(memoryview(data))
-            self._pending_size += len(data)
-            return
-        try:
-            sent = sock.send(data)
-        except (BlockingIOError, InterruptedError):
-            sent = 0
-        except OSError as exc:
-            self.close()
-            raise StreamClosedError(real_error=exc) from None
-        if sent != len(data):
-            self._queue_rest(data, sent, bounded)
-
-    def _queue_rest(self, data: bytes, sent: int, bounded: bool) -> None:
-        """Hold what the kernel did not take and send it when it can."""
-        rest = memoryview(data)[sent:]
-        if bounded and len(rest) > self.max_buffer:
+        output = self._output
+        if bounded and output.pending and output.pending + len(data) > self.max_buffer:
             raise StreamBufferFullError("Reached maximum write buffer size")
-        self._pending = collections.deque((rest,))
-        self._pending_size = len(rest)
-        self._loop.add_writer(self._fd, self._on_writable)
+        output.send(data)
+        if self._sock is None:
+            raise StreamClosedError()
+        if bounded and output.pending > self.max_buffer:
+            raise StreamBufferFullError("Reached maximum write buffer size")
 
-    def _on_writable(self) -> None:
-        pending, sock = self._pending, self._sock
-        if pending is None or sock is None:
-            return
-        try:
-            self._pending_size -= send_queued(sock, pending)
-        except OSError:
-            self.close()
-            return
-        if pending:
-            return
-        self._pending = None
-        self._loop.remove_writer(self._fd)
+    def output_failed(self, error: OSError) -> None:
+        """A send failed: the client is gone."""
+        self.close()
+
+    def output_drained(self) -> None:
+        """Everything written has left user space: a finishing stream closes now."""
         if self._closing:
             self.close()
-        else:
-            self._wake(None)
 
     async def drain(self) -> None:
         """Wait until everything written so far has left user space.
@@ -196,13 +147,9 @@ class SocketWriter:
         """
         if self._sock is None:
             raise StreamClosedError()
-        if self._pending is None:
-            return
-        waiter = self._loop.create_future()
-        if self._waiters is None:
-            self._waiters = []
-        self._waiters.append(waiter)
-        await waiter
+        waiter = self._output.drained()
+        if waiter is not None:
+            await waiter
 
     # -- ending --------------------------------------------------------------
 
@@ -221,14 +168,11 @@ class SocketWriter:
                 self._send(TERMINATOR, bounded=False)
             except StreamClosedError:
                 return None
-        if self._pending is None:
+        done = self._output.drained()
+        if done is None:
             self.close()
             return None
         self._closing = True
-        done = self._loop.create_future()
-        if self._waiters is None:
-            self._waiters = []
-        self._waiters.append(done)
         return done
 
     def close(self) -> None:
@@ -238,11 +182,9 @@ class SocketWriter:
             return
         self._sock = None
         self._loop.remove_reader(self._fd)
-        if self._pending is not None:
-            self._loop.remove_writer(self._fd)
-            self._pending = None
+        # Whoever waits for a finishing stream sees it end; a drain sees it lost.
+        self._output.close(None if self._closing else StreamClosedError())
         sock.close()
-        self._wake(StreamClosedError() if not self._closing else None)
         # The callback (the manager's unsubscribe of this device) refers to
         # the device, which refers to this writer: a reference cycle.  The
         # server freezes long-lived objects out of the garbage collector's
@@ -251,6 +193,11 @@ class SocketWriter:
         on_close, self._on_close = self._on_close, None
         if on_close is not None:
             on_close()
+
+    @property
+    def pending(self) -> int:
+        """Bytes written and held here, not yet taken by the kernel."""
+        return self._output.pending
 
     def closed(self) -> bool:
         """Whether the connection is closed."""
@@ -268,15 +215,3 @@ class SocketWriter:
             pass
         # End of stream, a reset, or bytes nobody will read: all end it.
         self.close()
-
-    def _wake(self, error: BaseException | None) -> None:
-        waiters, self._waiters = self._waiters, None
-        for waiter in waiters or ():
-            if waiter.done():
-                continue
-            if error is None:
-                waiter.set_result(None)
-            else:
-                waiter.set_exception(error)
-                # Nobody may be awaiting it (shutdown's wait): no warning.
-                waiter.exception()

@@ -63,7 +63,7 @@ from tornado import httputil
 from tornado.iostream import StreamClosedError
 from tornado.ioloop import IOLoop, PeriodicCallback
 
-from core.streams.writer import send_queued
+from core.transport.output import Output, closed_future
 
 log = logging.getLogger("notify.http1")
 #: Refused requests are answered and logged here, one line each, like the
@@ -191,27 +191,18 @@ class HTTPCounters:
 
 
 class Headers(httputil.HTTPHeaders):
-    """A request's headers, filled straight from what llhttp parsed.
+    """A request's headers, as llhttp parsed them (and checked them against the grammar).
 
-    Tornado's ``HTTPHeaders.add`` checks every name and value against the
-    HTTP grammar with a regular expression, which llhttp has done already,
-    and its ``get`` of an absent name raises and catches ``KeyError`` (the
-    ``Mapping`` default): about 8% of a reconnect's CPU for the lookups of
-    headers a request does not have (``Origin``, ``Connection``, ...).
-    Both use ``HTTPHeaders``' internal ``_as_list`` of Tornado 6.6, which
-    ``requirements.txt`` pins.
+    Filled through ``HTTPHeaders``' public item assignment, which skips the
+    grammar check of ``add()`` that llhttp has done already (``add()`` only
+    for a repeated name).  Its ``get`` of an absent name does not raise
+    and catch ``KeyError`` (the ``Mapping`` default): a request looks up
+    many headers it does not have (``Origin``, ``Cookie``, ...).
     """
 
     def get(self, name: str, default: Any = None) -> Any:  # type: ignore[override]
         """The combined value of ``name``, or ``default`` when absent (no exception raised)."""
-        values = self._as_list.get(_normalize(name))
-        if values is None:
-            return default
-        return values[0] if len(values) == 1 else ",".join(values)
-
-
-#: Tornado's ``Http-Header-Case`` for a header name (cached there).
-_normalize = httputil._normalize_header
+        return self[name] if name in self else default
 
 
 class _Context:
@@ -247,10 +238,162 @@ class _Request:
         self.body_size = 0
 
 
-class Connection(httputil.HTTPConnection):
+class Exchange(httputil.HTTPConnection):
+    """One request and its answer: the ``HTTPConnection`` the application writes to.
+
+    Made by its :class:`Connection` for each request it serves and dropped
+    when that request is done (as uvicorn's ``RequestResponseCycle``), so
+    nothing about one request is left to reset before the next.  Once
+    done, it answers every write with a closed stream.
+    """
+
+    __slots__ = ("connection", "request", "context", "delegate", "ready", "read_finished", "write_finished",
+                 "response_started", "chunked_output", "expected_remaining", "disconnect_on_finish", "max_body_size",
+                 "close_callback")
+
+    def __init__(self, connection: "Connection", request: _Request) -> None:
+        self.connection = connection
+        self.request = request
+        #: What ``HTTPServerRequest`` reads (the client's address).
+        self.context = connection.context
+        self.delegate: httputil.HTTPMessageDelegate | None = None
+        #: The delegate takes body chunks.
+        self.ready = False
+        self.read_finished = False
+        self.write_finished = False
+        self.response_started = False
+        #: Whether the answer is chunk-framed (what a stream's writer must keep doing).
+        self.chunked_output = False
+        self.expected_remaining: int | None = None
+        self.disconnect_on_finish = not request.keep_alive
+        self.max_body_size = connection.server.max_body_size
+        self.close_callback: Callable[[], None] | None = None
+
+    @property
+    def live(self) -> bool:
+        """Whether this is still the request its connection serves."""
+        return self.connection.exchange is self
+
+    # -- HTTPConnection ----------------------------------------------------------
+
+    def set_close_callback(self, callback: Callable[[], None] | None) -> None:
+        """``callback()`` runs if the connection closes before the answer is finished."""
+        self.close_callback = callback
+
+    def set_max_body_size(self, max_body_size: int) -> None:
+        """The body limit of this request (a larger one is refused with 400)."""
+        self.max_body_size = max_body_size
+
+    def set_body_timeout(self, timeout: float) -> None:
+        """The server's ``body_timeout`` applies; kept for the interface."""
+
+    def write_headers(self, start_line: Any, headers: httputil.HTTPHeaders, chunk: bytes | None = None) -> Any:
+        """Start the answer (Tornado's rules for framing and keep-alive)."""
+        connection = self.connection
+        if not self.live or connection.closed:
+            return closed_future(connection.loop)
+        request = self.request
+        req_line = request.start_line
+        assert req_line is not None
+        code = start_line.code
+        self.response_started = True
+        self.chunked_output = (
+            req_line.version == "HTTP/1.1"
+            and req_line.method != "HEAD"
+            and code not in (204, 304)
+            and not 100 <= code < 200
+            and "Content-Length" not in headers
+            and "Transfer-Encoding" not in headers
+        )
+        if (req_line.version != "HTTP/1.1" and not self.chunked_output and "Content-Length" not in headers
+                and code not in (204, 304) and req_line.method != "HEAD"):
+            # A body that only the end of the connection delimits.
+            self.disconnect_on_finish = True
+        if not self.read_finished and not request.complete and not 100 <= code < 200:
+            # Answered before the request's body is in (a 413, say): the
+            # connection closes after this answer (see finish), and the
+            # client is told so rather than finding out on its next request.
+            self.disconnect_on_finish = True
+        if req_line.version == "HTTP/1.1" and self.disconnect_on_finish:
+            headers["Connection"] = "close"
+        if req_line.version == "HTTP/1.0" and not self.disconnect_on_finish:
+            headers["Connection"] = "Keep-Alive"
+        if self.chunked_output:
+            headers["Transfer-Encoding"] = "chunked"
+        if req_line.method == "HEAD" or code == 304:
+            self.expected_remaining = 0
+        elif "Content-Length" in headers:
+            self.expected_remaining = int(headers["Content-Length"])
+        else:
+            self.expected_remaining = None
+        lines = ["HTTP/1.1 %d %s" % (code, start_line.reason or REASONS.get(code, "Unknown"))]
+        lines.extend("%s: %s" % pair for pair in headers.get_all())
+        head = "\r\n".join(lines)
+        if "\n" in head.replace("\r\n", "") or "\r" in head.replace("\r\n", ""):
+            raise ValueError("Illegal characters (CR or LF) in header")
+        data = head.encode("latin1") + b"\r\n\r\n"
+        if chunk:
+            data += self._frame(chunk)
+        return connection.write(data)
+
+    def write(self, chunk: bytes) -> Any:
+        """More of the answer's body."""
+        if not self.live or self.connection.closed:
+            return closed_future(self.connection.loop)
+        return self.connection.write(self._frame(chunk))
+
+    def _frame(self, chunk: bytes) -> bytes:
+        if self.expected_remaining is not None:
+            self.expected_remaining -= len(chunk)
+            if self.expected_remaining < 0:
+                self.connection.close()
+                raise httputil.HTTPOutputError("Tried to write more data than Content-Length")
+        if self.chunked_output and chunk:
+            return b"%x\r\n%s\r\n" % (len(chunk), chunk)
+        return chunk
+
+    def finish(self) -> None:
+        """The answer is complete."""
+        connection = self.connection
+        if not self.live:
+            return
+        if self.expected_remaining and not connection.closed:
+            connection.close()
+            raise httputil.HTTPOutputError("Tried to write %d bytes less than Content-Length" % self.expected_remaining)
+        if self.chunked_output and not connection.closed:
+            connection.send(b"0\r\n\r\n")
+        self.write_finished = True
+        self.close_callback = None
+        request = self.request
+        if not self.read_finished and request.complete:
+            # Answered before the delegate had the whole body, but all of
+            # it is here: drop it, and the connection stays in step.
+            request.chunks.clear()
+            request.buffered = 0
+            self.read_finished = True
+        if self.read_finished:
+            connection.request_done()
+        else:
+            # Answered before the body was read: this connection's input
+            # is no longer in step, so it closes once the answer is out.
+            connection.abandon_input()
+
+    def detach(self) -> socket.socket:
+        """Hand the socket over (an event stream's writer takes it); :returns: the socket.
+
+        The connection forgets it without closing it, and the request stops
+        counting as in flight.  Whatever the client sent after its request
+        is still in the returned socket's care: a pipelined request after a
+        stream is refused by closing.
+        """
+        return self.connection.detach()
+
+
+class Connection:
     """One client connection: parses requests, serves them in order, writes answers.
 
-    Created by :class:`HTTP1Server` for each accepted socket.
+    Created by :class:`HTTP1Server` for each accepted socket; each request
+    is served through its own :class:`Exchange`.
     """
 
     def __init__(self, server: "HTTP1Server", sock: socket.socket, address: Any) -> None:
@@ -258,8 +401,9 @@ class Connection(httputil.HTTPConnection):
         self.context = _Context(sock.family, address)
         self._sock: socket.socket | None = sock
         self._fd = sock.fileno()
-        self._loop = server.loop
+        self.loop = server.loop
         self._parser: Any = httptools.HttpRequestParser(self)
+        #: Requests parsed and waiting, the one being served first.
         self._queue: collections.deque[_Request] = collections.deque()
         self._parsing: _Request | None = None
         self._url: list[bytes] = []
@@ -273,48 +417,29 @@ class Connection(httputil.HTTPConnection):
         self._refusal: tuple[int, str, str] | None = None
         #: Input read but not parsed yet (parsing paused: enough requests wait).
         self._unparsed: bytes = b""
-        # The request being served (the queue's head).
-        self._delegate: httputil.HTTPMessageDelegate | None = None
-        #: The head request is being served and counted in flight.
-        self._exchange = False
-        self._ready = False  # the delegate takes body chunks
-        self._read_finished = False
-        self._write_finished = False
-        self._response_started = False
-        self._chunking_output = False
-        self._expected_remaining: int | None = None
-        self._disconnect_on_finish = False
-        self._max_body_size = server.max_body_size
-        self._close_callback: Callable[[], None] | None = None
-        # Output the kernel did not take yet.
-        self._out: collections.deque[memoryview] = collections.deque()
-        self._out_size = 0
-        self._writing = False
-        self._drain_waiters: list[Any] = []
+        #: The request being served (the queue's head), counted in flight.
+        self.exchange: Exchange | None = None
+        #: What the kernel has not taken yet (core.transport.output).
+        self._output = Output(sock, self.loop, self)
         self._start_on_drain = False
         self._close_after_flush = False
         self._lingering = False
         self._linger_left = 0
         self._reading = False
-        self._closed = False
+        self.closed = False
         self._resume_reading()
-
-    @property
-    def chunked_output(self) -> bool:
-        """Whether the current answer is chunk-framed (what a stream's writer must keep doing)."""
-        return self._chunking_output
 
     # -- reading ---------------------------------------------------------------
 
     def _resume_reading(self) -> None:
-        if not self._reading and not self._closed and self._sock is not None and not self._unparsed:
+        if not self._reading and not self.closed and self._sock is not None and not self._unparsed:
             self._reading = True
-            self._loop.add_reader(self._fd, self._on_readable)
+            self.loop.add_reader(self._fd, self._on_readable)
 
     def _pause_reading(self) -> None:
         if self._reading:
             self._reading = False
-            self._loop.remove_reader(self._fd)
+            self.loop.remove_reader(self._fd)
 
     def _on_readable(self) -> None:
         sock = self._sock
@@ -343,7 +468,7 @@ class Connection(httputil.HTTPConnection):
             self._feed(data)
         finally:
             data.release()
-        if self._closed or self._stop_parsing:
+        if self.closed or self._stop_parsing:
             return
         if self._in_head:
             # Counted by reads: at most one read more than the header block.
@@ -381,7 +506,10 @@ class Connection(httputil.HTTPConnection):
             if self._parsing is not None and self._parsing.headers is not None:
                 self.on_message_complete()
             self._stop_parsing = True
-            self._disconnect_after_queue()
+            self._pause_reading()
+            if not self._queue:
+                self._close_after_flush = True
+                self._maybe_close()
             return False
         except httptools.HttpParserCallbackError:
             # Every callback handles its own errors: this is a bug.
@@ -389,13 +517,13 @@ class Connection(httputil.HTTPConnection):
             self.close()
             return False
         except httptools.HttpParserError as exc:
-            self._malformed(str(exc) or "malformed request")
+            self._reject(400, "bad_request", "the request could not be parsed: " + (str(exc) or "malformed").rstrip("."))
             return False
-        return not (self._closed or self._stop_parsing)
+        return not (self.closed or self._stop_parsing)
 
     def _feed_unparsed(self) -> None:
         """Parse the input held back while requests waited, then read again."""
-        if self._closed or self._stop_parsing or not self._unparsed or len(self._queue) > MAX_QUEUED:
+        if self.closed or self._stop_parsing or not self._unparsed or len(self._queue) > MAX_QUEUED:
             return
         data, self._unparsed = self._unparsed, b""
         view = memoryview(data)
@@ -406,10 +534,6 @@ class Connection(httputil.HTTPConnection):
         if not self._unparsed and len(self._queue) <= MAX_QUEUED:
             self._resume_reading()
 
-    def _malformed(self, reason: str) -> None:
-        """Input that cannot be parsed: nothing after it is read."""
-        self._reject(400, "bad_request", "the request could not be parsed: " + reason.rstrip("."))
-
     def _reject(self, status: int, code: str, message: str) -> None:
         """Refuse the input being parsed: nothing after it is read.
 
@@ -418,7 +542,8 @@ class Connection(httputil.HTTPConnection):
         the bad input is answered, and the connection closes.
         """
         head = self._queue[0] if self._queue else None
-        if head is not None and (head.complete or self._response_started):
+        exchange = self.exchange
+        if head is not None and (head.complete or (exchange is not None and exchange.response_started)):
             self._stop_parsing = True
             self._unparsed = b""
             self._pause_reading()
@@ -453,14 +578,8 @@ class Connection(httputil.HTTPConnection):
             # llhttp's guess, and a client that sent something else then
             # reads an empty body ended by the close.
             answer = answer[:answer.index(b"Content-Length: ")] + b"\r\n"
-        self._send(answer)
+        self.send(answer)
         self._linger()
-
-    def _disconnect_after_queue(self) -> None:
-        self._pause_reading()
-        if not self._queue:
-            self._close_after_flush = True
-            self._maybe_close()
 
     # httptools callbacks ---------------------------------------------------
 
@@ -475,7 +594,7 @@ class Connection(httputil.HTTPConnection):
         self._head_bytes = 0
         self._head_size = 0
         if self.server.deadlines.get(self) is None:
-            self.server.deadlines[self] = self._loop.time() + self.server.idle_timeout
+            self.server.deadlines[self] = self.loop.time() + self.server.idle_timeout
 
     def on_url(self, url: bytes) -> None:
         """A piece of the request target."""
@@ -502,21 +621,24 @@ class Connection(httputil.HTTPConnection):
         method = parser.get_method().decode("latin1")
         uri = b"".join(self._url).decode("latin1")
         headers = Headers()
-        fields = headers._as_list
-        for name, value in self._fields:
-            norm = _normalize(name.decode("latin1"))
-            text = value.decode("latin1").strip()
-            known = fields.get(norm)
-            if known is None:
-                fields[norm] = [text]
-            else:
-                known.append(text)
+        try:
+            for name, value in self._fields:
+                key = name.decode("latin1")
+                text = value.decode("latin1").strip()
+                if key in headers:
+                    headers.add(key, text)
+                else:
+                    headers[key] = text
+        except httputil.HTTPInputError as exc:
+            # A repeated header Tornado's grammar refuses.
+            self._reject(400, "bad_request", _printable(str(exc)))
+            return
         request.start_line = httputil.RequestStartLine(method, uri, version)
         request.headers = headers
         request.keep_alive = parser.should_keep_alive()
         self._url = []
         self._fields = []
-        self.server.deadlines[self] = self._loop.time() + self.server.body_timeout
+        self.server.deadlines[self] = self.loop.time() + self.server.body_timeout
         self._queue.append(request)
         if len(self._queue) == 1:
             self._next()
@@ -527,8 +649,9 @@ class Connection(httputil.HTTPConnection):
         if request is None or self._stop_parsing:
             return
         request.body_size += len(body)
-        if request is self._queue[0] and self._ready and not request.chunks:
-            self._deliver(body)
+        exchange = self.exchange
+        if exchange is not None and request is exchange.request and exchange.ready and not request.chunks:
+            self._deliver(exchange, body)
         else:
             request.chunks.append(body)
             request.buffered += len(body)
@@ -543,16 +666,17 @@ class Connection(httputil.HTTPConnection):
         request.complete = True
         self._parsing = None
         self.server.deadlines.pop(self, None)
-        if self._queue and request is self._queue[0] and self._ready:
-            self._feed_delegate()
+        exchange = self.exchange
+        if exchange is not None and request is exchange.request and exchange.ready:
+            self._feed_delegate(exchange)
 
     # -- serving -----------------------------------------------------------------
 
     def _next(self) -> None:
         """Serve the queue's head, once earlier answers have (nearly) all left."""
-        if self._exchange or self._closed or not self._queue or self._queue[0].start_line is None:
+        if self.exchange is not None or self.closed or not self._queue or self._queue[0].start_line is None:
             return
-        if self._out_size > OUT_HIGH_WATER:
+        if self._output.pending > OUT_HIGH_WATER:
             # The client is not reading its answers: it gets the next one
             # when it has taken these.
             self._pause_reading()
@@ -562,7 +686,7 @@ class Connection(httputil.HTTPConnection):
         self._start()
 
     def _start(self) -> None:
-        """Serve the queue's head."""
+        """Serve the queue's head through a new :class:`Exchange`."""
         request = self._queue[0]
         start_line, headers = request.start_line, request.headers
         assert start_line is not None and headers is not None
@@ -570,119 +694,117 @@ class Connection(httputil.HTTPConnection):
         if problem is not None:
             self._refuse(request, problem)
             return
-        self._read_finished = False
-        self._write_finished = False
-        self._response_started = False
-        self._chunking_output = False
-        self._expected_remaining = None
-        self._max_body_size = self.server.max_body_size
-        self._disconnect_on_finish = not request.keep_alive
-        self._ready = False
-        self._begin_exchange()
+        exchange = self.exchange = Exchange(self, request)
+        self.server.counters.in_flight += 1
         try:
-            self._delegate = self.server.delegate.start_request(self, self)
-            waiting = self._delegate.headers_received(start_line, headers)
+            exchange.delegate = self.server.delegate.start_request(self, exchange)
+            waiting = exchange.delegate.headers_received(start_line, headers)
         except httputil.HTTPInputError as exc:
             # Tornado's request builder refuses it (too many query
             # fields, ...): the client's error, answered as such.  The
             # delegate never started: nothing to tell it.
-            self._delegate = None
+            exchange.delegate = None
             self._refuse(request, _printable(str(exc)))
             return
         except Exception:
             log.exception("starting a request failed")
-            self._delegate = None
+            exchange.delegate = None
             self._fail()
             return
-        if self._delegate is None:
-            return  # detached or closed meanwhile
+        if not exchange.live:
+            return  # answered, detached or closed meanwhile
         if waiting is not None:
             # Reading goes on meanwhile (pausing and resuming would cost
             # two epoll changes per request): body bytes wait in the
             # request, up to HIGH_WATER (see on_body).
-            self._loop.create_task(self._after(waiting))
+            self.loop.create_task(self._after(exchange, waiting))
         else:
-            self._headers_taken()
+            self._headers_taken(exchange)
 
     def _fail(self) -> None:
         """A bug while serving the head request: a JSON 500, then close."""
+        exchange = self.exchange
+        started = exchange is not None and exchange.response_started
         self._stop_parsing = True
         self._unparsed = b""
         self._queue.clear()
         self._abandon()
-        if not self._response_started:
-            self._send(error_response(500, "internal_error", "the server failed to handle this request"))
+        if not started:
+            self.send(error_response(500, "internal_error", "the server failed to handle this request"))
         self._linger()
 
-    async def _after(self, waiting: Any) -> None:
+    async def _after(self, exchange: Exchange, waiting: Any) -> None:
         try:
             await waiting
         except Exception:
             log.exception("request delegate failed")
-        self._headers_taken()
+        self._headers_taken(exchange)
 
-    def _headers_taken(self) -> None:
+    def _headers_taken(self, exchange: Exchange) -> None:
         """The delegate has the headers (and prepared): the body may flow."""
-        if self._delegate is None or self._closed:
+        if not exchange.live or exchange.delegate is None or self.closed:
             return
-        request = self._queue[0]
+        request = exchange.request
         headers = request.headers
         assert headers is not None
         length = headers.get("Content-Length")
-        if length is not None and length.isdigit() and int(length) > self._max_body_size and not self._write_finished:
-            self._malformed("Content-Length too long")
+        if (length is not None and length.isdigit() and int(length) > exchange.max_body_size
+                and not exchange.write_finished):
+            self._reject(400, "bad_request", "the request could not be parsed: Content-Length too long")
             return
-        if (headers.get("Expect", "").lower() == "100-continue" and not self._write_finished
+        if (headers.get("Expect", "").lower() == "100-continue" and not exchange.write_finished
                 and not request.complete and headers.get("Content-Length") != "0"):
-            self._send(_CONTINUE)
-        self._ready = True
-        self._feed_delegate()
+            self.send(_CONTINUE)
+        exchange.ready = True
+        self._feed_delegate(exchange)
         if len(self._queue) <= MAX_QUEUED and not self._lingering:
             self._resume_reading()
 
-    def _feed_delegate(self) -> None:
-        request = self._queue[0]
-        while request.chunks and self._ready and self._delegate is not None:
+    def _feed_delegate(self, exchange: Exchange) -> None:
+        request = exchange.request
+        while request.chunks and exchange.ready and exchange.live:
             chunk = request.chunks.popleft()
             request.buffered -= len(chunk)
-            self._deliver(chunk)
-        if not request.chunks and self._ready and len(self._queue) <= MAX_QUEUED and not self._stop_parsing:
-            self._resume_reading()
-        if request.complete and not request.chunks and self._ready and self._delegate is not None \
-                and not self._read_finished:
-            self._read_finished = True
-            if not self._write_finished:
-                self._delegate.finish()
-            else:
-                self._request_done()
-
-    def _deliver(self, chunk: bytes) -> None:
-        if self._write_finished:
-            return  # answered already: the rest of the body is dropped
-        request = self._queue[0]
-        if request.body_size > self._max_body_size:
-            self._malformed("body too large")
+            self._deliver(exchange, chunk)
+        if not exchange.live:
             return
-        waiting = self._delegate.data_received(chunk)  # type: ignore[union-attr]
+        if not request.chunks and exchange.ready and len(self._queue) <= MAX_QUEUED and not self._stop_parsing:
+            self._resume_reading()
+        if request.complete and not request.chunks and exchange.ready and not exchange.read_finished:
+            exchange.read_finished = True
+            if not exchange.write_finished:
+                assert exchange.delegate is not None
+                exchange.delegate.finish()
+            else:
+                self.request_done()
+
+    def _deliver(self, exchange: Exchange, chunk: bytes) -> None:
+        if exchange.write_finished:
+            return  # answered already: the rest of the body is dropped
+        if exchange.request.body_size > exchange.max_body_size:
+            self._reject(400, "bad_request", "the request could not be parsed: body too large")
+            return
+        assert exchange.delegate is not None
+        waiting = exchange.delegate.data_received(chunk)
         if waiting is not None:
-            self._ready = False
+            exchange.ready = False
             self._pause_reading()
 
             async def resume() -> None:
                 await waiting
-                self._ready = True
-                self._feed_delegate()
+                exchange.ready = True
+                self._feed_delegate(exchange)
                 self._resume_reading()
 
-            self._loop.create_task(resume())
+            self.loop.create_task(resume())
 
-    def _request_done(self) -> None:
-        """The head request is read and answered: on to the next, or close."""
+    def request_done(self) -> None:
+        """The request being served is read and answered: on to the next, or close."""
+        exchange = self.exchange
+        assert exchange is not None
         self._queue.popleft()
         self._end_exchange()
-        self._delegate = None
-        self._close_callback = None
-        if self._disconnect_on_finish:
+        if exchange.disconnect_on_finish:
             self._stop_parsing = True
             self._unparsed = b""
             self._refusal = None
@@ -697,40 +819,47 @@ class Connection(httputil.HTTPConnection):
             return
         if self._unparsed and len(self._queue) <= MAX_QUEUED:
             # Not from here: this may run inside a parser callback.
-            self._loop.call_soon(self._feed_unparsed)
+            self.loop.call_soon(self._feed_unparsed)
         if self._queue:
             if not self._queue[0].complete:
                 # Its body deadline waited while the request before it was served.
-                self.server.deadlines[self] = self._loop.time() + self.server.body_timeout
+                self.server.deadlines[self] = self.loop.time() + self.server.body_timeout
             self._next()
         else:
-            self.server.deadlines[self] = self._loop.time() + self.server.idle_timeout
+            self.server.deadlines[self] = self.loop.time() + self.server.idle_timeout
             self._resume_reading()
+
+    def abandon_input(self) -> None:
+        """The request was answered before its body was read: the rest of the input is not in step.
+
+        The connection closes once the answer is out (after a lingering drain).
+        """
+        self._queue.clear()
+        self._end_exchange()
+        self._linger()
 
     def _abandon(self) -> None:
         """Stop serving the head request; its handler is told, as when a client leaves."""
+        exchange = self.exchange
+        if exchange is None:
+            return
         self._end_exchange()
-        callback, self._close_callback = self._close_callback, None
-        delegate, self._delegate = self._delegate, None
+        callback, exchange.close_callback = exchange.close_callback, None
+        delegate, exchange.delegate = exchange.delegate, None
         if callback is not None:
             try:
                 callback()
             except Exception:
                 log.exception("connection close callback failed")
-        if delegate is not None and not self._read_finished:
+        if delegate is not None and not exchange.read_finished:
             try:
                 delegate.on_connection_close()
             except Exception:
                 log.exception("request delegate failed on close")
 
-    def _begin_exchange(self) -> None:
-        if not self._exchange:
-            self._exchange = True
-            self.server.counters.in_flight += 1
-
     def _end_exchange(self) -> None:
-        if self._exchange:
-            self._exchange = False
+        if self.exchange is not None:
+            self.exchange = None
             self.server.counters.in_flight -= 1
 
     def serving_whole_request(self) -> bool:
@@ -741,124 +870,14 @@ class Connection(httputil.HTTPConnection):
         a pipelined request (or a malformed one, refused after) must not end
         the connection before it.
         """
-        return self._exchange and bool(self._queue) and self._queue[0].complete
-
-    # -- HTTPConnection --------------------------------------------------------
-
-    def set_close_callback(self, callback: Callable[[], None] | None) -> None:
-        """``callback()`` runs if the connection closes before the answer is finished."""
-        self._close_callback = callback
-
-    def set_max_body_size(self, max_body_size: int) -> None:
-        """The body limit of the current request (a larger one is refused with 400)."""
-        self._max_body_size = max_body_size
-
-    def set_body_timeout(self, timeout: float) -> None:
-        """The server's ``body_timeout`` applies; kept for the interface."""
-
-    def write_headers(self, start_line: Any, headers: httputil.HTTPHeaders, chunk: bytes | None = None) -> Any:
-        """Start the answer (Tornado's rules for framing and keep-alive)."""
-        request = self._queue[0] if self._queue else None
-        if request is None or self._closed:
-            return self._closed_future()
-        req_line = request.start_line
-        req_headers = request.headers
-        assert req_line is not None and req_headers is not None
-        code = start_line.code
-        self._response_started = True
-        self._chunking_output = (
-            req_line.version == "HTTP/1.1"
-            and req_line.method != "HEAD"
-            and code not in (204, 304)
-            and not 100 <= code < 200
-            and "Content-Length" not in headers
-            and "Transfer-Encoding" not in headers
-        )
-        if (req_line.version != "HTTP/1.1" and not self._chunking_output and "Content-Length" not in headers
-                and code not in (204, 304) and req_line.method != "HEAD"):
-            # A body that only the end of the connection delimits.
-            self._disconnect_on_finish = True
-        if not self._read_finished and not request.complete and not 100 <= code < 200:
-            # Answered before the request's body is in (a 413, say): the
-            # connection closes after this answer (see finish), and the
-            # client is told so rather than finding out on its next request.
-            self._disconnect_on_finish = True
-        if req_line.version == "HTTP/1.1" and self._disconnect_on_finish:
-            headers["Connection"] = "close"
-        if req_line.version == "HTTP/1.0" and not self._disconnect_on_finish:
-            headers["Connection"] = "Keep-Alive"
-        if self._chunking_output:
-            headers["Transfer-Encoding"] = "chunked"
-        if req_line.method == "HEAD" or code == 304:
-            self._expected_remaining = 0
-        elif "Content-Length" in headers:
-            self._expected_remaining = int(headers["Content-Length"])
-        else:
-            self._expected_remaining = None
-        lines = ["HTTP/1.1 %d %s" % (code, start_line.reason or REASONS.get(code, "Unknown"))]
-        lines.extend("%s: %s" % pair for pair in headers.get_all())
-        head = "\r\n".join(lines)
-        if "\n" in head.replace("\r\n", "") or "\r" in head.replace("\r\n", ""):
-            raise ValueError("Illegal characters (CR or LF) in header")
-        data = head.encode("latin1") + b"\r\n\r\n"
-        if chunk:
-            data += self._frame(chunk)
-        return self._write(data)
-
-    def write(self, chunk: bytes) -> Any:
-        """More of the answer's body."""
-        if self._closed:
-            return self._closed_future()
-        return self._write(self._frame(chunk))
-
-    def _frame(self, chunk: bytes) -> bytes:
-        if self._expected_remaining is not None:
-            self._expected_remaining -= len(chunk)
-            if self._expected_remaining < 0:
-                self.close()
-                raise httputil.HTTPOutputError("Tried to write more data than Content-Length")
-        if self._chunking_output and chunk:
-            return b"%x\r\n%s\r\n" % (len(chunk), chunk)
-        return chunk
-
-    def finish(self) -> None:
-        """The answer is complete."""
-        if self._expected_remaining and not self._closed:
-            self.close()
-            raise httputil.HTTPOutputError("Tried to write %d bytes less than Content-Length" % self._expected_remaining)
-        if self._chunking_output and not self._closed:
-            self._send(b"0\r\n\r\n")
-        self._write_finished = True
-        self._close_callback = None
-        if not self._read_finished and self._queue and self._queue[0].complete:
-            # Answered before the delegate had the whole body, but all of
-            # it is here: drop it, and the connection stays in step.
-            self._queue[0].chunks.clear()
-            self._queue[0].buffered = 0
-            self._read_finished = True
-        if not self._read_finished:
-            # Answered before the body was read: this connection's input
-            # is no longer in step, so it closes once the answer is out.
-            self._queue.clear()
-            self._end_exchange()
-            self._delegate = None
-            self._linger()
-            return
-        if self._delegate is not None:
-            self._request_done()
+        return self.exchange is not None and self.exchange.request.complete
 
     def detach(self) -> socket.socket:
-        """Hand the socket over (an event stream's writer takes it); :returns: the socket.
-
-        The connection forgets it without closing it, and the request stops
-        counting as in flight.  Whatever the client sent after its request
-        is still in the returned socket's care: a pipelined request after a
-        stream is refused by closing.
-        """
+        """Hand the socket over (see :meth:`Exchange.detach`); :returns: the socket."""
         sock = self._sock
         assert sock is not None
-        extra = (len(self._queue) > 1 or self._parsing is not None or self._out_size > 0 or bool(self._unparsed)
-                 or self._refusal is not None)
+        extra = (len(self._queue) > 1 or self._parsing is not None or self._output.pending > 0
+                 or bool(self._unparsed) or self._refusal is not None)
         if extra:
             self._pause_reading()
         # Otherwise the socket stays registered for reading: the new owner's
@@ -867,9 +886,8 @@ class Connection(httputil.HTTPConnection):
         self._end_exchange()
         self._reading = False
         self._sock = None
-        self._closed = True
-        self._delegate = None
-        self._close_callback = None
+        self.closed = True
+        self._output.close(StreamClosedError())
         self._parser = None
         self._queue.clear()
         self._unparsed = b""
@@ -880,70 +898,35 @@ class Connection(httputil.HTTPConnection):
 
     # -- output -----------------------------------------------------------------
 
-    def _write(self, data: bytes) -> Any:
-        self._send(data)
-        if self._closed:
-            return self._closed_future()
-        future = self._loop.create_future()
-        if not self._out:
+    def write(self, data: bytes) -> Any:
+        """Send ``data``; :returns: a future resolved once the kernel has all of it."""
+        self.send(data)
+        if self.closed:
+            return closed_future(self.loop)
+        waiter = self._output.drained()
+        if waiter is None:
             # All of it is with the kernel already (the usual case).
-            future.set_result(None)
-        else:
-            self._drain_waiters.append(future)
-        return future
+            waiter = self.loop.create_future()
+            waiter.set_result(None)
+        return waiter
 
-    def _closed_future(self) -> Any:
-        future = self._loop.create_future()
-        future.set_exception(StreamClosedError())
-        future.exception()  # nobody may look: do not log it as unretrieved
-        return future
+    def send(self, data: bytes) -> None:
+        """Send ``data`` (what the kernel does not take now is held and sent later)."""
+        self._output.send(data)
 
-    def _send(self, data: bytes) -> None:
-        sock = self._sock
-        if sock is None or not data:
-            return
-        if self._out:
-            self._out.append(memoryview(data))
-            self._out_size += len(data)
-            return
-        try:
-            sent = sock.send(data)
-        except (BlockingIOError, InterruptedError):
-            sent = 0
-        except OSError:
-            self.close()
-            return
-        if sent < len(data):
-            self._out.append(memoryview(data)[sent:])
-            self._out_size += len(data) - sent
-            if not self._writing:
-                self._writing = True
-                self._loop.add_writer(self._fd, self._on_writable)
+    def output_failed(self, error: OSError) -> None:
+        """A send failed: the client is gone."""
+        self.close()
 
-    def _on_writable(self) -> None:
-        sock = self._sock
-        if sock is None:
-            return
-        try:
-            self._out_size -= send_queued(sock, self._out)
-        except OSError:
-            self.close()
-            return
-        if self._out:
-            return
-        self._writing = False
-        self._loop.remove_writer(self._fd)
-        waiters, self._drain_waiters = self._drain_waiters, []
-        for future in waiters:
-            if not future.done():
-                future.set_result(None)
+    def output_drained(self) -> None:
+        """The client took every answer: a pipelined request may start, or the connection end."""
         if self._start_on_drain:
             self._start_on_drain = False
             self._next()
         self._maybe_close()
 
     def _maybe_close(self) -> None:
-        if self._close_after_flush and not self._out:
+        if self._close_after_flush and not self._output.pending:
             self.close()
 
     def _linger(self) -> None:
@@ -958,23 +941,15 @@ class Connection(httputil.HTTPConnection):
         self._lingering = True
         self._stop_parsing = True
         self._unparsed = b""
+        self._close_after_flush = False
         self._linger_left = LINGER_BYTES
-        self.server.deadlines[self] = self._loop.time() + LINGER_SECONDS
+        self.server.deadlines[self] = self.loop.time() + LINGER_SECONDS
         self._resume_reading()
-        if self._out:
-            self._close_after_flush = False
-
-            def after() -> None:
-                self._shutdown_write()
-
-            self._drain_then(after)
-        else:
+        waiter = self._output.drained()
+        if waiter is None:
             self._shutdown_write()
-
-    def _drain_then(self, callback: Callable[[], None]) -> None:
-        future = self._loop.create_future()
-        self._drain_waiters.append(future)
-        future.add_done_callback(lambda _: callback())
+        else:
+            waiter.add_done_callback(lambda _: self._shutdown_write())
 
     def _shutdown_write(self) -> None:
         if self._sock is not None:
@@ -985,29 +960,21 @@ class Connection(httputil.HTTPConnection):
 
     def close(self) -> None:
         """Close the connection (idempotent); an unfinished request is told."""
-        if self._closed:
+        if self.closed:
             return
-        self._closed = True
+        self.closed = True
         # A close from inside a parser callback: the rest of this read is
         # not for anyone.
         self._stop_parsing = True
         self._unparsed = b""
         sock = self._sock
         self._sock = None
+        self._output.close(StreamClosedError())
         if sock is not None:
             if self._reading:
-                self._loop.remove_reader(self._fd)
-            if self._writing:
-                self._loop.remove_writer(self._fd)
+                self.loop.remove_reader(self._fd)
             sock.close()
-        self._reading = self._writing = False
-        self._out.clear()
-        self._out_size = 0
-        waiters, self._drain_waiters = self._drain_waiters, []
-        for future in waiters:
-            if not future.done():
-                future.set_exception(StreamClosedError())
-                future.exception()
+        self._reading = False
         self._parser = None
         self._queue.clear()
         self.server.forget(self)

@@ -1,11 +1,20 @@
-"""Raw HTTP/1.1 exchanges for the connection-layer tests: bytes in, every response out.
+"""Raw HTTP/1.1 exchanges: bytes written by hand on a socket, responses read as they come.
 
-``tests/test_http_differential.py`` and ``tests/test_http_fuzz.py`` send
-bytes a client wrote by hand (or a generator did) and need to see exactly
-what a server does with them: each response, read strictly (status line,
-headers, a body framed by ``Content-Length``, chunks or the end of the
-connection), and whether the connection ends.  Nothing here imports the
-product.
+For tests whose point is the framing, so that nothing is added or fixed
+behind their back: pipelining, ``Expect: 100-continue``, chunked or
+oversized bodies, malformed requests, hostile clients.
+
+- :class:`Raw` is one such connection to a server under test, with
+  :func:`post_head` and :func:`chunked` to write a request's head and body,
+  for tests that know the answer's shape (a ``Content-Length`` body);
+- :func:`open_raw`, :func:`send_pieces` and :func:`read_response` serve
+  tests that compare what any server does with any bytes
+  (``tests/test_http_differential.py``, ``tests/test_http_fuzz.py``): each
+  response read strictly (status line, headers, a body framed by
+  ``Content-Length``, chunks or the end of the connection), and whether
+  the connection ends.
+
+Nothing here imports the product.
 """
 
 from __future__ import annotations
@@ -19,6 +28,64 @@ from tornado.httputil import HTTPHeaders, HTTPInputError, parse_response_start_l
 _HEX = re.compile(rb"[0-9A-Fa-f]+")
 #: A response head larger than this is not one a server here sends.
 HEAD_LIMIT = 64 * 1024
+#: alice's notifications: the usual target of a hand-written ``POST``.
+NOTIFICATIONS = "/api/v1/users/alice/notifications"
+
+
+class Raw:
+    """One hand-written HTTP/1.1 exchange on a raw socket."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+
+    @classmethod
+    async def open(cls, server) -> "Raw":
+        """Connect to ``server`` (anything with ``host`` and ``port``)."""
+        return cls(*await asyncio.open_connection(server.host, server.port))
+
+    async def send(self, data: bytes) -> None:
+        """Write ``data`` and wait until the kernel has taken it."""
+        self.writer.write(data)
+        await self.writer.drain()
+
+    async def response(self) -> tuple[int, HTTPHeaders, bytes]:
+        """Read one response: ``(status, headers, body)`` (bodies here have a Content-Length)."""
+        head = await self.reader.readuntil(b"\r\n\r\n")
+        start, _, rest = head.decode("latin-1").partition("\r\n")
+        headers = HTTPHeaders.parse(rest)
+        body = await self.reader.readexactly(int(headers.get("Content-Length", "0")))
+        return int(start.split(" ")[1]), headers, body
+
+    async def closed_by_server(self) -> bytes:
+        """Everything the server still sends before it closes the connection."""
+        return await self.reader.read()
+
+    async def close(self) -> None:
+        """Close our end."""
+        self.writer.close()
+        try:
+            await self.writer.wait_closed()
+        except ConnectionError:
+            pass
+
+
+def post_head(server, length: int | None, extra: str = "", path: str = NOTIFICATIONS, user: str = "alice") -> bytes:
+    """The head of an authenticated JSON ``POST``; ``length=None`` sends it chunked.
+
+    :param server: a server under test (``host``, ``port``, ``token()``).
+    """
+    framing = "Transfer-Encoding: chunked\r\n" if length is None else f"Content-Length: {length}\r\n"
+    return (
+        f"POST {path} HTTP/1.1\r\nHost: {server.host}:{server.port}\r\n"
+        f"Authorization: Bearer {server.token(user)}\r\nContent-Type: application/json\r\n"
+        f"{framing}{extra}\r\n"
+    ).encode("latin-1")
+
+
+def chunked(*pieces: bytes) -> bytes:
+    """``pieces`` as a chunked body, with the terminating chunk."""
+    return b"".join(b"%x\r\n%s\r\n" % (len(piece), piece) for piece in pieces) + b"0\r\n\r\n"
 
 
 class Malformed(Exception):

@@ -13,14 +13,9 @@ import socket
 import subprocess
 import time
 
-__all__ = ["RedisServer", "free_port"]
+from tests.support.processes import free_port
 
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+__all__ = ["RedisServer"]
 
 
 class RedisServer:
