@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""The benchmark suite of issue 5: every scenario against the server and the
+"""The benchmark suite: every scenario against the server and the
 floor, one table of figures against the targets, a JSON file and a chart.
 
 Run it through ``bench/run`` (``--quick`` or the full mode); see
@@ -57,7 +57,7 @@ PLANS = {
     },
 }
 
-#: The issue's targets.  ``kind``: ``max``/``min`` compare the server's
+#: The targets.  ``kind``: ``max``/``min`` compare the server's
 #: figure, ``ratio`` compares server / floor.
 TARGETS = {
     "streams_ready": ("min_all", None, "all N ready"),

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Soak (issue 6): hold N streams for D seconds under connection churn, sample
+# Soak: hold N streams for D seconds under connection churn, sample
 # the server's RSS every 10 s, then close everything and wait for the stats
 # to come back to zero.  Verdict: RSS drift after warm-up < 5%, stats back
 # to zero, no failure.  See bench/soak.py and docs/PERFORMANCE.md.

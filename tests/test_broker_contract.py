@@ -75,8 +75,8 @@ class Node:
         self.published.append(sent)
         self.broker.publish(sent)
 
-    async def wait_for(self, condition: Callable[[], bool], timeout: float = 5.0) -> None:
-        """Wait until ``condition()`` holds, re-checking at each delivery."""
+    async def wait_delivered(self, condition: Callable[[], bool], timeout: float = 5.0) -> None:
+        """Wait until ``condition()`` holds, re-checking at each delivery (no polling)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while not condition():
@@ -91,7 +91,7 @@ class Node:
 
     async def wait_for_messages(self, count: int, timeout: float = 5.0) -> list[StreamMessage]:
         """Wait until at least ``count`` messages have arrived; :returns: all of them."""
-        await self.wait_for(lambda: len(self.received) >= count, timeout)
+        await self.wait_delivered(lambda: len(self.received) >= count, timeout)
         return self.received
 
 
@@ -142,13 +142,13 @@ class Cluster:
         for node in nodes:
             if node.published and node is not probe:
                 last = node.published[-1]
-                await probe.wait_for(lambda: last in probe.received)
+                await probe.wait_delivered(lambda: last in probe.received)
         self._marker += 1
         marker = self._marker
         probe.publish(StreamMessage(MARKER_USER, marker, None, "{}"))
         for node in nodes:
             if node is not probe:
-                await node.wait_for(lambda: marker in node.markers)
+                await node.wait_delivered(lambda: marker in node.markers)
 
     async def close(self) -> None:
         """Close every node."""
@@ -348,7 +348,7 @@ async def test_a_process_that_dropped_messages_asks_the_others_to_resync(redis_c
     # Published faster than the sender runs: the outbox keeps the last two.
     for cursor in range(1, 6):
         a.publish(message(cursor))
-    await b.wait_for(lambda: b.resyncs == 1 and len(b.received) == 2)
+    await b.wait_delivered(lambda: b.resyncs == 1 and len(b.received) == 2)
     assert b.received == [message(4), message(5)]
     assert a.received == [message(cursor) for cursor in range(1, 6)]
 
@@ -409,7 +409,7 @@ async def test_resync_is_called_once_after_the_subscription_comes_back(redis_clu
     redis_server.stop()
     await wait_for_failed_attempts(a, caplog, 3)
     redis_server.start()
-    await a.wait_for(lambda: a.resyncs >= 1)
+    await a.wait_delivered(lambda: a.resyncs >= 1)
     await redis_cluster.settle(a)
     assert a.resyncs == 1
 

@@ -73,7 +73,7 @@ class Tally:
         if self._reached is not None and self.count >= self._target and not self._reached.done():
             self._reached.set_result(None)
 
-    async def wait_for(self, target: int, timeout: float) -> None:
+    async def wait_count(self, target: int, timeout: float) -> None:
         """Wait until :attr:`count` reaches ``target``."""
         if self.count >= target:
             return
@@ -256,7 +256,7 @@ async def test_two_hundred_non_readers_are_dropped_while_two_thousand_readers_ge
             peak_queued = max(peak_queued, max(queued for queued, _ in sizes))
             peak_kernel = max(peak_kernel, max(kernel for _, kernel in sizes))
             peak_total = max(peak_total, sum(queued + kernel for queued, kernel in sizes))
-            await tally.wait_for(READERS * rounds, timeout=20)
+            await tally.wait_count(READERS * rounds, timeout=20)
 
         assert rounds >= 3, "the non-readers were dropped before their buffers could fill: the test proves nothing"
         assert server.manager.connections_dropped == NON_READERS

@@ -94,16 +94,6 @@ class TokenService:
         # lookup never compares a guessed token with a real one byte by byte.
         self._verified: "collections.OrderedDict[bytes, Principal]" = collections.OrderedDict()
 
-    @property
-    def algorithms(self) -> list[str]:
-        """The algorithms a token may be signed with; never ``none``."""
-        return list(self._keys)
-
-    @property
-    def can_issue(self) -> bool:
-        """Whether this server can sign tokens (only with a secret)."""
-        return bool(self._secret)
-
     def issue(self, user_id: str, role: str = "user", ttl: int = 3600) -> str:
         """A signed HS256 token for ``user_id`` valid for ``ttl`` seconds.
 

@@ -2,7 +2,7 @@
 
 A use case's event reaches the devices through a broker: in one process the
 :class:`LocalBroker` hands it straight to the SSE manager; with several
-processes a Redis broker (issue "Scale-out") carries it to every process.
+processes the Redis broker (:mod:`core.fanout.redis_broker`) carries it to every process.
 Both take and deliver the same :class:`StreamMessage`.
 """
 

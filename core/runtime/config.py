@@ -58,8 +58,6 @@ class Config:
     jwt_audience: str = ""
     jwt_issuer: str = ""
     max_connections: int = 0
-    #: Filled in by :func:`core.domain.auth.load_keys` at start-up, never from a flag.
-    jwt_public_key_pem: bytes = b""
 
 
 def _positive(kind: Callable[[str], Any]) -> Callable[[str], Any]:

@@ -193,10 +193,6 @@ class StreamManager:
         """Forget ``device`` and end its stream with ``reason``."""
         self._end(device, reason)
 
-    def device(self, connection_id: str) -> Device | None:
-        """The open device with ``connection_id``, if any."""
-        return self._devices.get(connection_id)
-
     def all_devices(self) -> Iterable[Device]:
         """Every open device of this process."""
         return tuple(self._devices.values())
@@ -292,14 +288,6 @@ class StreamManager:
             self._last_body = (data, event, body)
         raw = b"id: %d\n%b" % (cursor, body) if cursor is not None else body
         return self.publish_frame(user_id, Frame(raw), cursor, exclude)
-
-    def publish_except(self, user_id: str, connection_id: str, data: str, event: str | None = None, cursor: int | None = None) -> int:
-        """:meth:`publish` to every device of ``user_id`` but ``connection_id``."""
-        return self.publish(user_id, data, event=event, cursor=cursor, exclude=connection_id)
-
-    def publish_typed_event(self, user_id: str, event: str, data: str, cursor: int | None = None) -> int:
-        """:meth:`publish` a named event (``addEventListener(event, ...)``)."""
-        return self.publish(user_id, data, event=event, cursor=cursor)
 
     def publish_frame(self, user_id: str, frame: Frame, cursor: int | None = None, exclude: str | None = None) -> int:
         """Push an already encoded frame to every device of ``user_id``."""
