@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PORT   ?= 8888
 
-.PHONY: install run test test-fast test-sqlite test-postgres bench bench-quick clean
+.PHONY: install run test test-fast test-sqlite test-postgres lint bench bench-quick clean
 
 $(STAMP): requirements.txt requirements-dev.txt bench/requirements.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -39,6 +39,14 @@ test-fast: install
 ## when that database does not answer.
 test-postgres: install
 	NOTIFY_TEST_DB=postgresql $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+## Ruff's checks over all the Python (tests and bench included), its format
+## check over the product (the formatter owns only its layout) and mypy over
+## the product (the files in pyproject.toml); settings in pyproject.toml.
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check core handlers models server.py
+	$(BIN)/mypy
 
 ## Benchmarks (see docs/PERFORMANCE.md): every scenario against the server
 ## and the floor, a table against the targets, JSON and a chart in

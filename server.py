@@ -18,32 +18,34 @@ import signal
 import socket
 import sys
 import time
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import tornado.netutil
 import tornado.web
 from tornado import httputil
 from tornado.ioloop import IOLoop, PeriodicCallback
+from tornado.platform.asyncio import BaseAsyncIOLoop
 
 from core.domain.auth import ROLES, TokenService
-from core.fanout.broker import Broker, LocalBroker
-from core.fanout.messages import StreamMessage
-from core.fanout.redis_broker import RedisBroker
-from core.runtime.config import Config, ConfigError, add_options, build_config, parse_origins
-from core.streams.manager import StreamManager
-from core.streams.replay import Replayer
-from handlers.cors import CorsPolicy
 from core.domain.errors import Unavailable
-from core.fanout.event_bus import EventBus
-from core.transport.http1 import HTTP1Server, HTTPCounters
-from core.runtime.looplag import LoopLagMonitor
-from core.runtime.metrics import Metrics
 from core.domain.passwords import PasswordPool
 from core.domain.ratelimit import RateLimiter
 from core.domain.service import DOMAIN_EVENTS, NotificationService
-from core.runtime.supervisor import ChildLink, Supervisor
 from core.domain.validation import check_user_id
+from core.fanout.broker import Broker, LocalBroker
+from core.fanout.event_bus import EventBus
+from core.fanout.messages import StreamMessage
+from core.fanout.redis_broker import RedisBroker
+from core.runtime.config import Config, ConfigError, add_options, build_config, parse_origins
+from core.runtime.looplag import LoopLagMonitor
+from core.runtime.metrics import Metrics
+from core.runtime.supervisor import ChildLink, Supervisor
+from core.streams.manager import StreamManager
+from core.streams.replay import Replayer
+from core.transport.http1 import HTTP1Server, HTTPCounters
 from handlers.call import Deps
+from handlers.cors import CorsPolicy
 from handlers.http import log_access
 from handlers.lane import LaneSorter
 from handlers.routes import ROUTES
@@ -54,7 +56,12 @@ from models.tables import create_schema, database, is_memory, open_database
 
 log = logging.getLogger("notify")
 
-DEMO_USERS = (("empresaabc_123", "user"), ("empresaxyz_456", "user"), ("empresadef_789", "user"), ("demo_publisher", "publisher"))
+DEMO_USERS = (
+    ("empresaabc_123", "user"),
+    ("empresaxyz_456", "user"),
+    ("empresadef_789", "user"),
+    ("demo_publisher", "publisher"),
+)
 DEMO_PASSWORD = "demo"
 
 #: Seconds between retention runs.
@@ -65,7 +72,6 @@ TICKET_PRUNE_EVERY = 60
 CHECKPOINT_EVERY = 1
 #: Seconds shutdown waits for requests in flight before closing connections.
 SHUTDOWN_GRACE = 8.0
-
 
 
 class StartupError(Exception):
@@ -86,7 +92,7 @@ def log_request(handler: tornado.web.RequestHandler) -> None:
     log_access(handler.get_status(), request.method, request.path, request.request_time())
 
 
-def wire(bus: EventBus, broker: Broker, manager: StreamManager, replay: Replayer) -> None:
+def wire(bus: EventBus, broker: Broker, manager: StreamManager, replay: Replayer, spawn: Callable[[Any], None]) -> None:
     """Connect the bus to the SSE manager through the broker (as in the seed).
 
     Every stored change goes ``bus -> broker -> every process's manager``; a
@@ -94,7 +100,7 @@ def wire(bus: EventBus, broker: Broker, manager: StreamManager, replay: Replayer
     """
     for name in DOMAIN_EVENTS:
         bus.on(name, broker.publish)
-    manager.on_gap = lambda device: asyncio.ensure_future(replay.catch_up(device))
+    manager.on_gap = lambda device: spawn(replay.catch_up(device))
 
 
 def deliver_to(manager: StreamManager):
@@ -116,7 +122,9 @@ def load_tokens(config: Config) -> TokenService:
     """
     if not config.jwt_secret and not config.jwt_public_key:
         if not config.demo:
-            raise StartupError("no JWT key: pass --jwt-secret or --jwt-public-key (or --demo for a generated dev secret)")
+            raise StartupError(
+                "no JWT key: pass --jwt-secret or --jwt-public-key (or --demo for a generated dev secret)"
+            )
         config.jwt_secret = secrets.token_urlsafe(32)
         log.warning("demo mode: using a generated development JWT secret (tokens die with this process)")
     pem = b""
@@ -151,6 +159,8 @@ class NotifyApp(tornado.web.Application):
         self._prune_tickets: PeriodicCallback | None = None
         self._checkpoint: PeriodicCallback | None = None
         self._checkpoint_logged = -60.0
+        #: Background jobs (catch-ups) in flight.
+        self._background: set[asyncio.Future[Any]] = set()
         self._stopping = False
         handlers: list[Any] = [(route.pattern, RouteHandler, {"deps": deps, "route": route}) for route in ROUTES]
         handlers += [
@@ -185,7 +195,6 @@ class NotifyApp(tornado.web.Application):
     @property
     def replay(self) -> Replayer:
         """Replays and catch-ups of this process's streams."""
-        assert self.deps.replay is not None
         return self.deps.replay
 
     @property
@@ -200,7 +209,7 @@ class NotifyApp(tornado.web.Application):
         except Exception as exc:
             raise StartupError(f"cannot open the database: {_first_line(exc)}", exit_code=1) from None
         self.bus.bind(asyncio.get_running_loop())
-        wire(self.bus, self.deps.broker, self.deps.manager, self.replay)
+        wire(self.bus, self.deps.broker, self.deps.manager, self.replay, self.spawn)
         await self.deps.broker.start(deliver_to(self.deps.manager), self._resync, self.deps.manager.get_stats)
         self.deps.manager.start()
         self.deps.loop_lag.start()
@@ -219,7 +228,13 @@ class NotifyApp(tornado.web.Application):
 
     def _resync(self) -> None:
         """After the broker lost messages: catch every open stream up."""
-        asyncio.ensure_future(self.replay.catch_up_all())
+        self.spawn(self.replay.catch_up_all())
+
+    def spawn(self, job: Any) -> None:
+        """Run the coroutine ``job`` in the background, held until it is done (the loop keeps only weak references)."""
+        task = asyncio.ensure_future(job)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def _run_checkpoint(self) -> None:
         try:
@@ -292,7 +307,9 @@ def _open_runner(config: Config) -> DatabaseRunner:
     except ValueError as exc:
         raise StartupError(f"--db-url: {exc}") from None
     database.initialize(db)
-    loop = IOLoop.current().asyncio_loop  # type: ignore[attr-defined]
+    io_loop = IOLoop.current()
+    assert isinstance(io_loop, BaseAsyncIOLoop)  # Tornado 6: every IOLoop runs on asyncio
+    loop = io_loop.asyncio_loop
     return DatabaseRunner(db, loop, readers=0 if is_memory(config.db_url) else 4)
 
 
@@ -308,8 +325,9 @@ def make_app(config: Config, lanes: bool = True) -> NotifyApp:
     bus = EventBus()
     instance_id = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(2)}"
     manager = StreamManager(config.max_devices_per_user, config.keepalive_interval, instance_id)
-    service = NotificationService(runner, bus, tokens, history_days=config.history_days, token_ttl=config.token_ttl,
-                                  passwords=PasswordPool())
+    service = NotificationService(
+        runner, bus, tokens, history_days=config.history_days, token_ttl=config.token_ttl, passwords=PasswordPool()
+    )
     http_counters = HTTPCounters()
     loop_lag = LoopLagMonitor()
     try:
@@ -317,7 +335,8 @@ def make_app(config: Config, lanes: bool = True) -> NotifyApp:
         # and keeps retrying); a URL that can never work is.
         broker = (
             RedisBroker(config.redis_url, instance_id, namespace=config.redis_namespace)
-            if config.redis_url else LocalBroker()
+            if config.redis_url
+            else LocalBroker()
         )
     except ValueError as exc:
         runner.close()
@@ -469,8 +488,13 @@ async def serve(
     server = make_http_server(app)
     server.add_sockets(sockets)
     gc_callback = tune_gc(app.deps.manager)
-    log.info("serving on http://%s:%d (instance %s, database %s)", config.address, config.port,
-             app.deps.instance_id, config.db_url.split("://", 1)[0])
+    log.info(
+        "serving on http://%s:%d (instance %s, database %s)",
+        config.address,
+        config.port,
+        app.deps.instance_id,
+        config.db_url.split("://", 1)[0],
+    )
 
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -507,7 +531,9 @@ def serve_processes(config: Config) -> int:
             "would never see notifications published through another"
         )
     if is_memory(config.db_url):
-        raise StartupError(f"--processes {config.processes} needs a database the processes share, not sqlite:///:memory:")
+        raise StartupError(
+            f"--processes {config.processes} needs a database the processes share, not sqlite:///:memory:"
+        )
     load_tokens(config)
     sockets = _bind_for_processes(config)
     log.info("starting %d processes on http://%s:%d", config.processes, config.address, config.port)
@@ -595,7 +621,9 @@ def main(argv: Sequence[str] | None = None, environ: Any = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     environ = os.environ if environ is None else environ
     command = argv[0] if argv and argv[0] in ("create-user", "issue-token") else "serve"
-    parser = {"create-user": _create_user_parser, "issue-token": _issue_token_parser, "serve": _server_parser}[command]()
+    parser = {"create-user": _create_user_parser, "issue-token": _issue_token_parser, "serve": _server_parser}[
+        command
+    ]()
     args = parser.parse_args(argv[1:] if command != "serve" else argv)
     try:
         config = build_config(args, environ)
@@ -604,7 +632,9 @@ def main(argv: Sequence[str] | None = None, environ: Any = None) -> int:
     logging.basicConfig(
         level=getattr(logging, config.log_level.upper()),
         # With several processes, say which one wrote each line.
-        format="%(asctime)s %(levelname)s %(name)s" + ("[%(process)d]" if config.processes > 1 else "") + ": %(message)s",
+        format="%(asctime)s %(levelname)s %(name)s"
+        + ("[%(process)d]" if config.processes > 1 else "")
+        + ": %(message)s",
         stream=sys.stderr,
     )
     try:

@@ -32,17 +32,16 @@ import asyncio
 import datetime
 import itertools
 import json
-import signal
-
 import os
+import signal
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import tornado.httpserver  # noqa: E402
-import tornado.httputil  # noqa: E402
-import tornado.netutil  # noqa: E402
-import tornado.web  # noqa: E402
+import tornado.httpserver
+import tornado.httputil
+import tornado.netutil
+import tornado.web
 
 _PREFIX = "/api/v1/users/"
 _SUFFIX = "/notifications"
@@ -56,7 +55,7 @@ def _note(user, payload):
         "userId": user,
         "title": payload.get("title"),
         "message": payload.get("message"),
-        "createdAt": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+        "createdAt": datetime.datetime.now(datetime.UTC).isoformat(),
     }
 
 

@@ -118,7 +118,7 @@ class Hub:
             "userId": user_id,
             "type": body.get("type", "info"),
             "message": body.get("message", ""),
-            "createdAt": datetime.datetime.now(datetime.timezone.utc)
+            "createdAt": datetime.datetime.now(datetime.UTC)
             .isoformat(timespec="milliseconds").replace("+00:00", "Z"),
             "actionUrl": body.get("actionUrl"),
             "sourceType": body.get("sourceType"),

@@ -83,7 +83,7 @@ def _pins():
 
 def _raise_fds():
     """In the child before exec: the server needs a descriptor per stream."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     try:
         resource.setrlimit(resource.RLIMIT_NOFILE, (FD_LIMIT, max(hard, FD_LIMIT)))
     except (ValueError, OSError):
@@ -139,7 +139,7 @@ class Target:
         else:
             cmd = [py, os.path.join("bench", "floor.py")]
         cmd += ["--port", str(self.port), "--jwt-secret", self.secret, "--keepalive-interval", "3600"]
-        self._log = open(self.log_path, "w")
+        self._log = open(self.log_path, "w")  # noqa: SIM115 (open while the server runs; stop() closes it)
         self.proc = subprocess.Popen(pin + cmd, cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT,
                                      preexec_fn=_raise_fds)
         deadline = time.monotonic() + 30
@@ -177,9 +177,9 @@ def run_loadgen(target, scenarios, options, pin, timeout, out_dir, label):
     """
     json_path = os.path.join(out_dir, "%s.json" % label)
     # cwd=ROOT below puts the repository root on the path for -m.
-    cmd = pin + [sys.executable, "-m", "bench.loadgen"] + scenarios + [
-        "--port", str(target.port), "--jwt-secret", target.secret,
-        "--server-pid", str(target.proc.pid), "--json", json_path] + options
+    cmd = [*pin, sys.executable, "-m", "bench.loadgen", *scenarios,
+           "--port", str(target.port), "--jwt-secret", target.secret,
+           "--server-pid", str(target.proc.pid), "--json", json_path, *options]
     err_path = os.path.join(out_dir, "%s.stderr" % label)
     print("\n== %s: %s %s" % (label, target.kind, " ".join(scenarios)), flush=True)
     started = time.monotonic()
@@ -400,7 +400,7 @@ def chart(sweep, path, title, rate):
     fig, (lat, mem) = plt.subplots(1, 2, figsize=(11, 4.2))
 
     def line(ax, key, who, label, style):
-        points = [(n, s[key][who]) for n, s in zip(ns, sweep) if s[key][who] is not None]
+        points = [(n, s[key][who]) for n, s in zip(ns, sweep, strict=True) if s[key][who] is not None]
         if points:
             ax.plot([p[0] for p in points], [p[1] for p in points], style, label=label)
 
@@ -499,20 +499,20 @@ def main(argv=None):
         if "sweep" in parts:
             for n in plan["sweep"]:
                 for kind in kinds:
-                    runs.append(one_run(kind, ["peruser", "broadcast"], common + [
-                        "--streams", str(n), "--rate", str(plan["rate"]), "--duration", str(plan["duration"]),
+                    runs.append(one_run(kind, ["peruser", "broadcast"], [
+                        *common, "--streams", str(n), "--rate", str(plan["rate"]), "--duration", str(plan["duration"]),
                         "--bcast-rounds", str(plan["bcast_rounds"]), "--publishers", "32"],
                         args, plan, (run_dir, scratch), "sweep-%d-%s" % (n, kind), pins))
         if "create" in parts:
             for kind in kinds:
-                runs.append(one_run(kind, ["create"], common + [
-                    "--streams", "0", "--create-concurrency", plan["create_concurrency"],
+                runs.append(one_run(kind, ["create"], [
+                    *common, "--streams", "0", "--create-concurrency", plan["create_concurrency"],
                     "--duration", str(plan["create_duration"]), "--create-warmup", str(plan["create_warmup"])],
                     args, plan, (run_dir, scratch), "create-%s" % kind, pins))
         if "storm" in parts:
             # The floor keeps no history: nothing to replay.
-            runs.append(one_run("server", ["replay-storm"], common + [
-                "--streams", str(plan["storm"]), "--replay-behind", str(plan["behind"])],
+            runs.append(one_run("server", ["replay-storm"], [
+                *common, "--streams", str(plan["storm"]), "--replay-behind", str(plan["behind"])],
                 args, plan, (run_dir, scratch), "storm-server", pins))
     rows, sweep = summarise(runs, plan, mode)
     table = render(rows, sweep, runs, mode, plan)

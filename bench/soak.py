@@ -48,11 +48,11 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 # These need the repository root on the path (the line above).
-from bench.loadgen.cli import event_loop_runner, raise_fd_limit  # noqa: E402
-from bench.loadgen.clients import NOTIFY_PATH, failure_reason, notification_body  # noqa: E402
-from bench.loadgen.report import fmt  # noqa: E402
-from bench.loadgen.scenarios.conns import open_streams  # noqa: E402
-from bench.loadgen.session import LoadGen  # noqa: E402
+from bench.loadgen.cli import event_loop_runner, raise_fd_limit
+from bench.loadgen.clients import NOTIFY_PATH, failure_reason, notification_body
+from bench.loadgen.report import fmt
+from bench.loadgen.scenarios.conns import open_streams
+from bench.loadgen.session import LoadGen
 
 #: Seconds between churn steps; each closes and opens its share of ``--churn``.
 TICK = 0.1

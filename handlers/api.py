@@ -77,8 +77,9 @@ async def create_notification(call: Call, user_id: str) -> Answer:
     fields = validate_notification(call.json_body())
     origin = call.headers.get("X-Connection-Id") or None
     notification = await call.deps.service.create_notification(principal, user_id, fields, origin)
-    location = "/api/v1/users/{}/notifications/{}".format(urllib.parse.quote(user_id, safe=""),
-                                                          notification["notificationId"])
+    location = "/api/v1/users/{}/notifications/{}".format(
+        urllib.parse.quote(user_id, safe=""), notification["notificationId"]
+    )
     return Answer.json(notification, 201, {"Location": location})
 
 

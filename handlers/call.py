@@ -54,6 +54,8 @@ class Deps:
     metrics: Any
     #: Requests in flight and refusals, counted by the connection layer.
     http_counters: HTTPCounters
+    #: Replays and catch-ups of this process's streams (built with the manager).
+    replay: Replayer
     #: A :class:`core.runtime.looplag.LoopLagMonitor`, or None where nothing samples.
     loop_lag: Any = None
     #: ``--cors-origins``; the default allows no other origin.
@@ -62,8 +64,6 @@ class Deps:
     publish_limiter: RateLimiter | None = None
     #: ``--write-rate``: stream tickets, read state, deletes; None when not limited.
     write_limiter: RateLimiter | None = None
-    #: Replays and catch-ups of this process's streams (built with the manager).
-    replay: Replayer | None = None
 
 
 class Answer:
@@ -80,7 +80,7 @@ class Answer:
         self.headers = headers if headers is not None else {}
 
     @classmethod
-    def json(cls, value: Any, status: int = 200, headers: dict[str, str] | None = None) -> "Answer":
+    def json(cls, value: Any, status: int = 200, headers: dict[str, str] | None = None) -> Answer:
         """``value`` as JSON (its own text when it is an :class:`Encoded`, encoded once)."""
         text = value.text if isinstance(value, Encoded) else compact_json(value)
         return cls(status, text.encode("utf-8"), headers)
@@ -248,8 +248,10 @@ class Call:
                 code="cross_site_request",
             )
         if self.body and self.media_type() != "application/json":
-            raise Forbidden("a write authenticated by the cookie alone must send its body as application/json",
-                            code="cross_site_request")
+            raise Forbidden(
+                "a write authenticated by the cookie alone must send its body as application/json",
+                code="cross_site_request",
+            )
 
     # -- budgets ---------------------------------------------------------------------
 

@@ -11,7 +11,7 @@ headers at all, so browsers keep the same-origin policy.
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 #: Request headers a cross-origin caller may send.
 ALLOW_HEADERS = "Authorization, Content-Type, Last-Event-ID, X-Connection-Id"
@@ -50,7 +50,9 @@ class CorsPolicy:
         What a write made with the cookie alone needs: ``*`` lets any page
         call the API without credentials, never act with the user's cookie.
         """
-        return bool(origin) and origin.strip().lower() in self.origins  # type: ignore[union-attr]
+        if not origin:
+            return False
+        return origin.strip().lower() in self.origins
 
     def headers(self, origin: str | None) -> dict[str, str]:
         """Headers for any response to a request with this ``Origin``.
@@ -63,10 +65,10 @@ class CorsPolicy:
             return {}
         if self.any_origin:
             return {"Access-Control-Allow-Origin": "*", "Access-Control-Expose-Headers": EXPOSE_HEADERS}
-        if not self.allows(origin):
+        if not origin or not self.allows(origin):
             return {"Vary": "Origin"}
         return {
-            "Access-Control-Allow-Origin": origin.strip(),  # type: ignore[union-attr]
+            "Access-Control-Allow-Origin": origin.strip(),
             "Access-Control-Allow-Credentials": "true",
             "Access-Control-Expose-Headers": EXPOSE_HEADERS,
             "Vary": "Origin",

@@ -22,7 +22,14 @@ import tornado.web
 from tornado import httputil
 
 from core.domain.auth import Principal
-from core.domain.errors import AuthError, BadRequest, DomainError, PayloadTooLarge, RequestHeadersTooLarge, TooManyRequests
+from core.domain.errors import (
+    AuthError,
+    BadRequest,
+    DomainError,
+    PayloadTooLarge,
+    RequestHeadersTooLarge,
+    TooManyRequests,
+)
 from core.domain.ratelimit import RateLimiter
 
 log = logging.getLogger("notify.http")
@@ -89,8 +96,10 @@ def error_answer(error: BaseException | None, status_code: int, method: str | No
     elif isinstance(error, tornado.web.HTTPError) and error.status_code < 500:
         status = error.status_code
         code = _HTTP_CODES.get(status, "error")
-        message = error.log_message % error.args if error.log_message and error.args else (
-            error.log_message or HTTPStatus(status).phrase
+        message = (
+            error.log_message % error.args
+            if error.log_message and error.args
+            else (error.log_message or HTTPStatus(status).phrase)
         )
         if status == 405:
             message = f"{method} is not allowed here"
@@ -296,4 +305,6 @@ class BodyLimit:
         return self._chunks[0]
 
     def _too_large(self) -> PayloadTooLarge:
-        return PayloadTooLarge(f"the body is larger than {self.max_body_bytes // 1024} KiB", headers={"Connection": "close"})
+        return PayloadTooLarge(
+            f"the body is larger than {self.max_body_bytes // 1024} KiB", headers={"Connection": "close"}
+        )

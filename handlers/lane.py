@@ -58,8 +58,15 @@ class Lane(httputil.HTTPMessageDelegate):
     :param pieces: the path's pieces, still percent-encoded.
     """
 
-    def __init__(self, deps: Deps, connection: Any, start_line: httputil.RequestStartLine,
-                 headers: httputil.HTTPHeaders, route: routes.Route, pieces: tuple[str, ...]) -> None:
+    def __init__(
+        self,
+        deps: Deps,
+        connection: Any,
+        start_line: httputil.RequestStartLine,
+        headers: httputil.HTTPHeaders,
+        route: routes.Route,
+        pieces: tuple[str, ...],
+    ) -> None:
         self._deps = deps
         self._connection = connection
         self._start_line = start_line
@@ -75,8 +82,12 @@ class Lane(httputil.HTTPMessageDelegate):
 
     # -- HTTPMessageDelegate ---------------------------------------------------------
 
-    def headers_received(self, start_line: httputil.RequestStartLine, headers: httputil.HTTPHeaders) -> None:
+    def headers_received(
+        self, start_line: httputil.RequestStartLine | httputil.ResponseStartLine, headers: httputil.HTTPHeaders
+    ) -> None:
         """Refuse what can be refused before the body: the method, the path, the sizes."""
+        # A server's delegate: the start line is a request's.
+        assert isinstance(start_line, httputil.RequestStartLine)
         self._connection.set_max_body_size(NO_CONNECTION_LIMIT)
         try:
             if start_line.method not in SUPPORTED_METHODS:
@@ -161,7 +172,10 @@ class Lane(httputil.HTTPMessageDelegate):
             if self._start_line.method == "HEAD":
                 body = b""  # as Tornado: the length of what a GET would get, no body
         self._connection.write_headers(
-            httputil.ResponseStartLine("HTTP/1.1", status, REASONS[status]), httputil.HTTPHeaders(response), body or None)
+            httputil.ResponseStartLine("HTTP/1.1", status, REASONS[status]),
+            httputil.HTTPHeaders(response),
+            body or None,
+        )
         self._connection.finish()
         log_access(status, self._start_line.method, self._path(), time.time() - self._started)
 
@@ -173,8 +187,9 @@ class Lane(httputil.HTTPMessageDelegate):
         response = self._response_headers()
         response.update(STREAM_HEADERS)
         try:
-            await connection.write_headers(httputil.ResponseStartLine("HTTP/1.1", 200, "OK"),
-                                           httputil.HTTPHeaders(response), hello(deps, device))
+            await connection.write_headers(
+                httputil.ResponseStartLine("HTTP/1.1", 200, "OK"), httputil.HTTPHeaders(response), hello(deps, device)
+            )
         except StreamClosedError:
             self._left()
             return

@@ -47,7 +47,14 @@ def _sum_instances(instances: list[dict]) -> dict:
     A heartbeat written by another version may lack a key: it counts as 0.
     """
     total: dict = {"instances": instances}
-    for key in ("activeUsers", "totalDevices", "eventsPublished", "framesSent", "connectionsOpened", "connectionsDropped"):
+    for key in (
+        "activeUsers",
+        "totalDevices",
+        "eventsPublished",
+        "framesSent",
+        "connectionsOpened",
+        "connectionsDropped",
+    ):
         total[key] = sum(_number(instance.get(key)) for instance in instances)
     for key in ("maxDevicesPerUser", "deviceLimitPerUser", "uptimeSeconds"):
         total[key] = max((_number(instance.get(key)) for instance in instances), default=0)
@@ -69,7 +76,7 @@ async def health(call: Call) -> Answer:
     deps = call.deps
     try:
         database = await asyncio.wait_for(deps.service.check_database(), HEALTH_TIMEOUT)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         database = False
     checks = {
         "database": "ok" if database else "down",

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import tornado.web
 
@@ -49,8 +50,7 @@ ROUTES: tuple[Route, ...] = (
     Route(_USER + r"/stream", {"GET": stream.open_stream}),
     Route(_USER + r"/unread-count", {"GET": api.unread_count}),
     Route(_USER + r"/read-all", {"POST": api.read_all}),
-    Route(_USER + r"/([^/]+)", {"GET": api.get_notification, "PATCH": api.set_read,
-                                "DELETE": api.delete_notification}),
+    Route(_USER + r"/([^/]+)", {"GET": api.get_notification, "PATCH": api.set_read, "DELETE": api.delete_notification}),
     Route(_USER, {"GET": api.list_notifications, "POST": api.create_notification}),
     Route(r"/api/v1/events", {"POST": api.publish_event}),
     Route(r"/api/v1/stats", {"GET": monitoring.stats}),
@@ -61,7 +61,9 @@ ROUTES: tuple[Route, ...] = (
 )
 
 #: The patterns compiled as Tornado compiles them (anchored at both ends).
-COMPILED: tuple[tuple[re.Pattern[str], Route], ...] = tuple((re.compile(route.pattern + r"\Z"), route) for route in ROUTES)
+COMPILED: tuple[tuple[re.Pattern[str], Route], ...] = tuple(
+    (re.compile(route.pattern + r"\Z"), route) for route in ROUTES
+)
 
 
 def match(path: str) -> tuple[Route, tuple[str, ...]] | None:

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import os
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import tornado.web
 
 from handlers.call import Deps
-from handlers.tornado_door import BaseHandler, LimitedRequestHandler
+from handlers.http import log_failure
+from handlers.tornado_door import LimitedRequestHandler, write_json_error
 
 STATIC_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "static")
 
@@ -55,9 +57,16 @@ class StaticHandler(LimitedRequestHandler, tornado.web.StaticFileHandler):
     JSON error like anywhere else, never with Tornado's bare 400).
     """
 
-    def initialize(self, path: str, default_filename: str | None = None, deps: Deps | None = None) -> None:
-        """The folder, the file for ``/``, and the limits from ``deps``."""
-        super().initialize(path, default_filename)
+    def initialize(
+        self,
+        path: str,
+        default_filename: str | None = None,
+        allowed_symlink_directory: str | list[str] | None = None,
+        *,
+        deps: Deps | None = None,
+    ) -> None:
+        """The folder, the file for ``/``, where links may lead (Tornado's setting), and the limits from ``deps``."""
+        super().initialize(path, default_filename, allowed_symlink_directory)
         self.set_limits(deps.config if deps is not None else None)
 
     def prepare(self) -> None:
@@ -106,8 +115,8 @@ class StaticHandler(LimitedRequestHandler, tornado.web.StaticFileHandler):
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         """The same JSON error body as the API."""
-        BaseHandler.write_error(self, status_code, **kwargs)  # type: ignore[arg-type]
+        write_json_error(self, status_code, **kwargs)
 
     def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
         """A missing file or a refused request is an answer, not a failure."""
-        BaseHandler.log_exception(self, typ, value, tb)  # type: ignore[arg-type]
+        log_failure(self.request.method, self.request.path, (typ, value, tb))

@@ -13,15 +13,15 @@ from __future__ import annotations
 import socket
 from typing import Any
 
-from tornado.iostream import StreamClosedError
+from tornado.iostream import IOStream
 
 from core.domain.auth import Principal, require_reader
-from core.streams.manager import SHUTDOWN, Device
 from core.domain.errors import BadRequest
-from core.streams.replay import StreamStart
-from core.streams.writer import SocketWriter
-from core.streams.sse import encode_comment, encode_event
 from core.domain.validation import check_user_id, compact_json, parse_cursor
+from core.streams.manager import SHUTDOWN, Device
+from core.streams.replay import StreamStart
+from core.streams.sse import encode_comment, encode_event
+from core.streams.writer import SocketWriter
 from handlers.call import Call, Deps, StreamOpening
 from handlers.http import log
 
@@ -34,7 +34,9 @@ STREAM_HEADERS = {
 }
 
 
-async def plan_stream(deps: Deps, principal: Principal, user_id: str, last_event_id: str | None) -> tuple[Device, StreamStart]:
+async def plan_stream(
+    deps: Deps, principal: Principal, user_id: str, last_event_id: str | None
+) -> tuple[Device, StreamStart]:
     """Check access, subscribe the device and decide where it starts.
 
     :raises DomainError: no access, a bad ``Last-Event-ID``, too many
@@ -45,7 +47,7 @@ async def plan_stream(deps: Deps, principal: Principal, user_id: str, last_event
     manager = deps.manager
     device = manager.subscribe(user_id, principal.expires_at)
     try:
-        start = await deps.replay.plan(device, after)  # type: ignore[union-attr]
+        start = await deps.replay.plan(device, after)
     except Exception:
         # Nothing is sent yet: the client gets a clean JSON error (503
         # when the database is down) and EventSource may retry.
@@ -60,10 +62,13 @@ def hello(deps: Deps, device: Device) -> bytes:
     return encode_comment("connected") + encode_event(compact_json(ready), event="ready", retry=deps.config.retry_ms)
 
 
-async def hand_over(deps: Deps, device: Device, start: StreamStart, stream: socket.socket | Any, chunked: bool) -> None:
+async def hand_over(
+    deps: Deps, device: Device, start: StreamStart, stream: socket.socket | IOStream, chunked: bool
+) -> None:
     """Give the detached connection to the manager and replay what was missed.
 
-    :param stream: what the connection's ``detach()`` returned.
+    :param stream: what the connection's ``detach()`` returned: the socket
+        (:mod:`core.transport.http1`) or Tornado's own IOStream.
     :param chunked: whether the answer is chunk-framed (HTTP/1.1).
     """
     manager = deps.manager
@@ -79,7 +84,7 @@ async def hand_over(deps: Deps, device: Device, start: StreamStart, stream: sock
     if device.ended:
         return
     try:
-        await deps.replay.replay(device, start)  # type: ignore[union-attr]
+        await deps.replay.replay(device, start)
     except Exception:
         # The history could not be read (database down): end the stream
         # cleanly rather than leave a gap; the browser reconnects and

@@ -34,6 +34,21 @@ from handlers.routes import Route, preflight
 from handlers.stream import STREAM_HEADERS, chunked_output, hand_over, hello
 
 
+def write_json_error(handler: tornado.web.RequestHandler, status_code: int, **kwargs: Any) -> None:
+    """``handler``'s answer to a domain error (or Tornado's own): the contract's error body.
+
+    Takes ``write_error``'s arguments; for every handler of this application.
+    """
+    error = kwargs.get("exc_info", (None, None, None))[1]
+    status, headers, body = error_answer(error, status_code, handler.request.method)
+    handler.set_status(status)
+    for name, value in headers.items():
+        handler.set_header(name, value)
+    handler.set_header("Content-Type", "application/json; charset=utf-8")
+    handler.set_header("Cache-Control", "no-store")
+    handler.finish(body)
+
+
 @tornado.web.stream_request_body
 class LimitedRequestHandler(tornado.web.RequestHandler):
     """Refuses a request over the header or body limit with a JSON error (:class:`~handlers.http.BodyLimit`).
@@ -64,8 +79,9 @@ class LimitedRequestHandler(tornado.web.RequestHandler):
         set_max_body_size = getattr(request.connection, "set_max_body_size", None)
         if set_max_body_size is not None:
             set_max_body_size(NO_CONNECTION_LIMIT)
-        self.body_limit.check_head(httputil.RequestStartLine(request.method or "GET", request.uri or "/",
-                                                             request.version), request.headers)
+        self.body_limit.check_head(
+            httputil.RequestStartLine(request.method or "GET", request.uri or "/", request.version), request.headers
+        )
 
     _answered = False
 
@@ -96,8 +112,12 @@ class BaseHandler(LimitedRequestHandler):
 
     deps: Deps
 
-    def initialize(self, deps: Deps) -> None:
-        """Receive the application's dependencies."""
+    def use_deps(self, deps: Deps) -> None:
+        """Receive the application's dependencies (each subclass's ``initialize`` calls this).
+
+        Not ``initialize`` itself: each subclass's takes what its route
+        gives it, which Tornado passes as keyword arguments.
+        """
         self.deps = deps
         self.set_limits(deps.config)
         self._set_cors_headers()
@@ -136,14 +156,7 @@ class BaseHandler(LimitedRequestHandler):
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         """Map a domain error (or Tornado's own) to the contract's error body."""
-        error = kwargs.get("exc_info", (None, None, None))[1]
-        status, headers, body = error_answer(error, status_code, self.request.method)
-        self.set_status(status)
-        for name, value in headers.items():
-            self.set_header(name, value)
-        self.set_header("Content-Type", "application/json; charset=utf-8")
-        self.set_header("Cache-Control", "no-store")
-        self.finish(body)
+        write_json_error(self, status_code, **kwargs)
 
     def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
         """Domain errors are answers, not failures (see :func:`~handlers.http.log_failure`)."""
@@ -156,9 +169,9 @@ class RouteHandler(BaseHandler):
     _route: Route
     _device: Any = None
 
-    def initialize(self, deps: Deps, route: Route) -> None:  # type: ignore[override]
+    def initialize(self, deps: Deps, route: Route) -> None:
         """The dependencies and the route this handler serves."""
-        super().initialize(deps)
+        self.use_deps(deps)
         self._route = route
 
     async def get(self, *pieces: str) -> None:
@@ -237,6 +250,10 @@ class RouteHandler(BaseHandler):
 
 class NotFoundHandler(BaseHandler):
     """Every unknown path: a JSON 404."""
+
+    def initialize(self, deps: Deps) -> None:
+        """Receive the application's dependencies."""
+        self.use_deps(deps)
 
     def prepare(self) -> None:
         """Answer 404 whatever the method."""

@@ -5,7 +5,7 @@ Plain values in, model rows or plain values out; no HTTP, no wire format.
 
 from __future__ import annotations
 
-from peewee import IntegrityError, PostgresqlDatabase, SqliteDatabase
+from peewee import IntegrityError, Model, PostgresqlDatabase, SqliteDatabase
 
 from models.tables import Notification, StreamEvent, StreamTicket, User, database
 
@@ -17,7 +17,7 @@ class Duplicate(Exception):
 _INSERT_SQL: dict[tuple[int, str], str] = {}
 
 
-def _insert_returning(model: type, values: dict[str, object], key: str) -> int:
+def _insert_returning(model: type[Model], values: dict[str, object], key: str) -> int:
     """``INSERT ... RETURNING key`` with SQL built once per table.
 
     The two inserts every publish makes go through here: building the query
@@ -25,7 +25,7 @@ def _insert_returning(model: type, values: dict[str, object], key: str) -> int:
     that shares the GIL with the IOLoop.  SQLite (3.35+) and PostgreSQL both
     support ``RETURNING``.
     """
-    db = database.obj
+    db = database.current()
     cache_key = (id(db), model._meta.table_name + ":" + ",".join(values))
     sql = _INSERT_SQL.get(cache_key)
     if sql is None:
@@ -87,14 +87,27 @@ def store_notification(item: NewNotification) -> tuple[int, int]:
     if isinstance(database.obj, PostgresqlDatabase):
         # One round trip for the three inserts: the writer thread spends most
         # of a publish waiting on PostgreSQL, one statement at a time.
-        params = (user_id, nid, user_id, type, message, action_url, source_type, data, now_ms, None,
-                  user_id, payload, now_ms)
+        params = (
+            user_id,
+            nid,
+            user_id,
+            type,
+            message,
+            action_url,
+            source_type,
+            data,
+            now_ms,
+            None,
+            user_id,
+            payload,
+            now_ms,
+        )
         seq, cursor = database.execute_sql(_STORE_NOTIFICATION_PG, params).fetchone()
         return seq, cursor
     # Straight to the driver's cursor with SQL written once: through
     # peewee's execute_sql the three statements cost about three times what
     # SQLite itself spends on them (measured: 150 against 45 us of CPU).
-    cursor = database.obj.cursor()
+    cursor = database.current().cursor()
     cursor.execute(_SQLITE_INSERT_NOTIFICATION, (nid, user_id, type, message, action_url, source_type, data, now_ms))
     seq = cursor.fetchone()[0]
     cursor.execute(_SQLITE_NEXT_CURSOR, (user_id,))
@@ -120,13 +133,13 @@ _SQLITE_INSERT_EVENT = (
 # and "seq" (the list's order) is drawn from the sequence only after it
 # (stored reads from taken), so the list's order is the stream's order.
 _STORE_NOTIFICATION_PG = (
-    'WITH taken AS ('
+    "WITH taken AS ("
     ' INSERT INTO "user_cursors" ("user_id", "last") VALUES (%s, 1)'
     ' ON CONFLICT ("user_id") DO UPDATE SET "last" = "user_cursors"."last" + 1 RETURNING "last"),'
-    ' stored AS ('
+    " stored AS ("
     ' INSERT INTO "notifications" ("id", "user_id", "type", "message", "action_url", "source_type", "data",'
     ' "created_at", "read_at") SELECT %s, %s, %s, %s, %s, %s, %s, %s, %s FROM taken RETURNING "seq"),'
-    ' logged AS ('
+    " logged AS ("
     ' INSERT INTO "stream_events" ("user_id", "cursor", "name", "data", "created_at")'
     ' SELECT %s, "last", NULL, %s, %s FROM taken RETURNING "cursor")'
     ' SELECT stored."seq", logged."cursor" FROM stored, logged'
@@ -145,8 +158,18 @@ def store_notifications(items: list[NewNotification]) -> list[tuple[int, int]]:
         return [store_notification(item) for item in items]
     params: list[object] = []
     for ord_, (nid, user_id, type, message, action_url, source_type, data, now_ms, payload) in enumerate(items):
-        params += (ord_, nid, user_id, type, Notification.message.db_value(message), action_url, source_type,
-                   data, now_ms, payload)
+        params += (
+            ord_,
+            nid,
+            user_id,
+            type,
+            Notification.message.db_value(message),
+            action_url,
+            source_type,
+            data,
+            now_ms,
+            payload,
+        )
     values = ", ".join(["(%s, %s, %s, %s, %s, %s, %s, %s, %s::bigint, %s)"] * len(items))
     found = database.execute_sql(_STORE_NOTIFICATIONS_PG % values, params).fetchall()
     assert [row[0] for row in found] == list(range(len(items)))
@@ -161,20 +184,20 @@ _STORE_NOTIFICATIONS_PG = (
     'WITH input ("ord", "id", "user_id", "type", "message", "action_url", "source_type", "data",'
     ' "created_at", "payload") AS (VALUES %s),'
     ' counts AS (SELECT "user_id", count(*) AS "n" FROM input GROUP BY "user_id"),'
-    ' taken AS ('
+    " taken AS ("
     ' INSERT INTO "user_cursors" ("user_id", "last") SELECT "user_id", "n" FROM counts ORDER BY "user_id"'
     ' ON CONFLICT ("user_id") DO UPDATE SET "last" = "user_cursors"."last" + EXCLUDED."last"'
     ' RETURNING "user_id", "last"),'
-    ' numbered AS ('
+    " numbered AS ("
     ' SELECT input.*, taken."last" - counts."n"'
     ' + row_number() OVER (PARTITION BY input."user_id" ORDER BY input."ord") AS "cursor"'
     ' FROM input JOIN counts USING ("user_id") JOIN taken USING ("user_id")),'
-    ' stored AS ('
+    " stored AS ("
     ' INSERT INTO "notifications" ("id", "user_id", "type", "message", "action_url", "source_type", "data",'
     ' "created_at", "read_at")'
     ' SELECT "id", "user_id", "type", "message", "action_url", "source_type", "data", "created_at", NULL'
     ' FROM numbered ORDER BY "ord" RETURNING "id", "seq"),'
-    ' logged AS ('
+    " logged AS ("
     ' INSERT INTO "stream_events" ("user_id", "cursor", "name", "data", "created_at")'
     ' SELECT "user_id", "cursor", NULL, "payload", "created_at" FROM numbered RETURNING 1)'
     ' SELECT numbered."ord", stored."seq", numbered."cursor" FROM numbered JOIN stored USING ("id")'
@@ -243,7 +266,7 @@ def next_cursor(user_id: str) -> int:
     One statement on both databases; the row it locks serialises writers for
     this user until their transaction ends.
     """
-    db = database.obj
+    db = database.current()
     sql = _NEXT_CURSOR_SQL.get(id(db))
     if sql is None:
         sql = _NEXT_CURSOR_SQL[id(db)] = (
@@ -271,7 +294,7 @@ def append_event(user_id: str, name: str | None, data: str, now_ms: int) -> int:
 
 
 _APPEND_EVENT_PG = (
-    'WITH taken AS ('
+    "WITH taken AS ("
     ' INSERT INTO "user_cursors" ("user_id", "last") VALUES (%s, 1)'
     ' ON CONFLICT ("user_id") DO UPDATE SET "last" = "user_cursors"."last" + 1 RETURNING "last")'
     ' INSERT INTO "stream_events" ("user_id", "cursor", "name", "data", "created_at")'
@@ -289,7 +312,7 @@ def log_event_for_users(user_ids: list[str], name: str, data: str, now_ms: int) 
     """
     if not user_ids:
         return []
-    db = database.obj
+    db = database.current()
     if isinstance(db, PostgresqlDatabase):
         taken = dict(database.execute_sql(_LOG_EVENT_FOR_USERS_PG, (list(user_ids), name, data, now_ms)).fetchall())
         return [taken[user_id] for user_id in user_ids]
@@ -297,7 +320,7 @@ def log_event_for_users(user_ids: list[str], name: str, data: str, now_ms: int) 
     taken = {}
     # Within SQLite's limit of 32,766 variables per statement.
     for start in range(0, len(user_ids), 10_000):
-        part = user_ids[start:start + 10_000]
+        part = user_ids[start : start + 10_000]
         marks = ", ".join(["?"] * len(part))
         taken.update(cursor.execute(_SQLITE_NEXT_CURSORS % ", ".join(["(?, 1)"] * len(part)), part).fetchall())
         # The rows come from the cursors just taken, in one statement: SQLite
@@ -320,10 +343,10 @@ _SQLITE_LOG_FROM_CURSORS = (
 # Cursor rows are locked in user order, so two such statements (from two
 # processes) cannot deadlock each other.
 _LOG_EVENT_FOR_USERS_PG = (
-    'WITH taken AS ('
+    "WITH taken AS ("
     ' INSERT INTO "user_cursors" ("user_id", "last") SELECT u, 1 FROM unnest(%s::text[]) AS u ORDER BY u'
     ' ON CONFLICT ("user_id") DO UPDATE SET "last" = "user_cursors"."last" + 1 RETURNING "user_id", "last"),'
-    ' logged AS ('
+    " logged AS ("
     ' INSERT INTO "stream_events" ("user_id", "cursor", "name", "data", "created_at")'
     ' SELECT "user_id", "last", %s, %s, %s::bigint FROM taken RETURNING 1)'
     ' SELECT "user_id", "last" FROM taken'
@@ -334,7 +357,7 @@ def events_after(user_id: str, cursor: int, limit: int) -> list[tuple[int, str |
     """``(cursor, name, data)`` of ``user_id``'s events after ``cursor``, oldest first."""
     # Raw SQL: every reconnect runs this and history_bounds, and peewee's
     # query building costs several times the query itself.
-    p = database.obj.param
+    p = database.current().param
     sql = (
         f'SELECT "cursor", "name", "data" FROM "stream_events" WHERE "user_id" = {p} AND "cursor" > {p}'
         f' ORDER BY "cursor" LIMIT {p}'
@@ -347,7 +370,7 @@ def history_bounds(user_id: str) -> tuple[int, int | None]:
 
     ``(0, None)`` for a user who never had an event.
     """
-    p = database.obj.param
+    p = database.current().param
     sql = (
         f'SELECT (SELECT "last" FROM "user_cursors" WHERE "user_id" = {p}),'
         f' (SELECT MIN("cursor") FROM "stream_events" WHERE "user_id" = {p})'
@@ -356,7 +379,9 @@ def history_bounds(user_id: str) -> tuple[int, int | None]:
     return int(last or 0), (int(oldest) if oldest is not None else None)
 
 
-def stream_start(user_id: str, after: int | None, limit: int) -> tuple[int, int | None, list[tuple[int, str | None, str]] | None]:
+def stream_start(
+    user_id: str, after: int | None, limit: int
+) -> tuple[int, int | None, list[tuple[int, str | None, str]] | None]:
     """What a new stream needs, in one read: :func:`history_bounds`, and
     with ``after`` the first ``limit`` events after it (else None)."""
     last, oldest = history_bounds(user_id)

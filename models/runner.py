@@ -17,7 +17,8 @@ import os
 import queue
 import sys
 import threading
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from peewee import Database, InterfaceError, OperationalError, PostgresqlDatabase
 
@@ -105,7 +106,7 @@ class DatabaseRunner:
         # peewee keeps the psycopg2 connection in autocommit mode and sends
         # BEGIN for a transaction: one statement alone commits itself.
         self._autocommit_one_statement = isinstance(db, PostgresqlDatabase)
-        self._reads: list[tuple[Callable[..., Any], tuple, "asyncio.Future[Any]"]] = []
+        self._reads: list[tuple[Callable[..., Any], tuple, asyncio.Future[Any]]] = []
         self.batches = 0
         self.jobs = 0
         self._closed = False
@@ -120,7 +121,7 @@ class DatabaseRunner:
         one_statement: bool = False,
         weight: int = 1,
         bare: bool = False,
-    ) -> "asyncio.Future[Any]":
+    ) -> asyncio.Future[Any]:
         """Run ``fn(*args)`` in the writer's transaction.
 
         :param on_commit: called on the loop with ``fn``'s result once the
@@ -153,7 +154,7 @@ class DatabaseRunner:
         self._queue.put(_Job(fn, args, future, on_commit, bulk, one_statement, weight, bare))
         return future
 
-    def read(self, fn: Callable[..., Any], *args: Any) -> "asyncio.Future[Any]":
+    def read(self, fn: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
         """Run the read-only ``fn(*args)`` on a reader thread.
 
         Reads asked for in the same pass of the loop go to the reader
@@ -169,7 +170,7 @@ class DatabaseRunner:
         self._reads.append((fn, args, future))
         return future
 
-    def upkeep(self, fn: Callable[..., Any], *args: Any) -> "asyncio.Future[Any]":
+    def upkeep(self, fn: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
         """Run the maintenance job ``fn(*args)`` on the low-priority upkeep thread.
 
         For work that must not take turns with the loop on a busy core and
@@ -184,7 +185,7 @@ class DatabaseRunner:
         except RuntimeError:  # the pool is shut down: the runner is closing
             return self._refused()
 
-    def _refused(self) -> "asyncio.Future[Any]":
+    def _refused(self) -> asyncio.Future[Any]:
         """A future failed as every job asked for after :meth:`close` is."""
         future = self.loop.create_future()
         future.set_exception(StorageUnavailable(_CLOSED))
@@ -201,17 +202,20 @@ class DatabaseRunner:
 
     def _submit_reads(self) -> None:
         reads, self._reads = self._reads, []
+        # Reads are queued for this only when there are reader threads (read()).
+        readers = self._readers
+        assert readers is not None
         shares = min(self._reader_count, len(reads))
         for i in range(shares):
             share = reads[i::shares]
             try:
-                self._readers.submit(self._read_share, share)  # type: ignore[union-attr]
+                readers.submit(self._read_share, share)
             except RuntimeError:  # the pool is shut down: the runner is closing
                 for _, _, future in share:
                     if not future.done():
                         future.set_exception(StorageUnavailable(_CLOSED))
 
-    def _read_share(self, share: list[tuple[Callable[..., Any], tuple, "asyncio.Future[Any]"]]) -> None:
+    def _read_share(self, share: list[tuple[Callable[..., Any], tuple, asyncio.Future[Any]]]) -> None:
         outcomes: list[tuple[bool, Any]] = []
         for fn, args, _ in share:
             try:
@@ -221,8 +225,8 @@ class DatabaseRunner:
         self.loop.call_soon_threadsafe(self._settle_reads, share, outcomes)
 
     @staticmethod
-    def _settle_reads(share: list[tuple[Any, Any, "asyncio.Future[Any]"]], outcomes: list[tuple[bool, Any]]) -> None:
-        for (_, _, future), (ok, value) in zip(share, outcomes):
+    def _settle_reads(share: list[tuple[Any, Any, asyncio.Future[Any]]], outcomes: list[tuple[bool, Any]]) -> None:
+        for (_, _, future), (ok, value) in zip(share, outcomes, strict=True):
             if future.done():
                 continue
             if ok:
@@ -236,7 +240,7 @@ class DatabaseRunner:
 
     def run_sync(self, fn: Callable[..., Any], *args: Any) -> Any:
         """Run ``fn`` on the writer thread and block for it (start-up, CLI)."""
-        done = concurrent.futures.Future()
+        done: concurrent.futures.Future[Any] = concurrent.futures.Future()
         self._queue.put(_Job(fn, args, done, None))
         return done.result()
 

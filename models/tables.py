@@ -11,9 +11,11 @@ import logging
 import re
 import threading
 import urllib.parse
-from typing import Callable
+from collections.abc import Callable
+from typing import Any
 
 from peewee import (
+    SQL,
     BigAutoField,
     BigIntegerField,
     CharField,
@@ -21,7 +23,6 @@ from peewee import (
     DatabaseProxy,
     Model,
     NodeList,
-    SQL,
     PostgresqlDatabase,
     SqliteDatabase,
     TextField,
@@ -29,6 +30,7 @@ from peewee import (
 from playhouse.migrate import SchemaMigrator, migrate
 
 log = logging.getLogger("notify.db")
+
 
 class ThreadBoundProxy(DatabaseProxy):
     """The models' database, which a thread may bind to its own.
@@ -48,7 +50,7 @@ class ThreadBoundProxy(DatabaseProxy):
         super().__init__()
 
     @property
-    def obj(self) -> Database | None:  # type: ignore[override]
+    def obj(self) -> Database | None:
         """This thread's database, else the process default."""
         return getattr(self._local, "db", None) or self._default
 
@@ -63,6 +65,17 @@ class ThreadBoundProxy(DatabaseProxy):
     def bind_thread(self, db: Database) -> None:
         """Make ``db`` this thread's database."""
         self._local.db = db
+
+    def current(self) -> Database:
+        """:attr:`obj`, which must be set: for the raw SQL paths that use the database itself.
+
+        :raises AttributeError: nothing is bound or initialised (as peewee's
+            proxy does when it is used uninitialised).
+        """
+        db = self.obj
+        if db is None:
+            raise AttributeError("Cannot use uninitialized Proxy.")
+        return db
 
 
 database = ThreadBoundProxy()
@@ -228,8 +241,8 @@ def open_database(url: str) -> Database:
     :raises ValueError: for any other URL.
     """
     if url.startswith("sqlite:///"):
-        path = url[len("sqlite:///"):]
-        pragmas = {"foreign_keys": 1, "busy_timeout": 5000}
+        path = url[len("sqlite:///") :]
+        pragmas: dict[str, int | str] = {"foreign_keys": 1, "busy_timeout": 5000}
         if path != ":memory:":
             # WAL lets the reader threads see committed rows while the single
             # writer commits; synchronous=normal is durable across process
@@ -243,7 +256,10 @@ def open_database(url: str) -> Database:
         return SqliteDatabase(path, pragmas=pragmas, check_same_thread=False)
     if url.startswith(("postgresql://", "postgres://")):
         parts = urllib.parse.urlparse(url)
-        params = dict(urllib.parse.parse_qsl(parts.query))
+        # Connection parameters for the driver (sslmode, connect_timeout...),
+        # passed through as the URL spells them: typed loosely, or they
+        # would be matched against peewee's own keyword parameters.
+        params: dict[str, Any] = dict(urllib.parse.parse_qsl(parts.query))
         return PostgresqlDatabase(
             (parts.path or "/").lstrip("/") or "postgres",
             user=urllib.parse.unquote(parts.username or "") or None,
@@ -265,7 +281,7 @@ def create_schema() -> int:
 
     Call from the thread that owns writes.
     """
-    db = database.obj
+    db = database.current()
     with db.atomic():
         _lock_schema(db)
         db.create_tables(TABLES, safe=True)

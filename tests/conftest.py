@@ -18,11 +18,13 @@ fails at its teardown with what leaked and where.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import secrets
 import urllib.parse
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 import tornado.netutil
@@ -328,7 +330,7 @@ def make_server(io_loop, new_db_url, door) -> Callable[..., Server]:
 
     yield start
     for app, http_server in reversed(started):
-        io_loop.run_sync(lambda: app.stop(http_server))
+        io_loop.run_sync(functools.partial(app.stop, http_server))
 
 
 @pytest.fixture

@@ -323,7 +323,7 @@ async def test_logout_is_204_and_expires_the_cookie(server):
     assert attributes.get("path") == "/"
     expires = attributes.get("expires")
     expired = attributes.get("max-age") == "0" or (
-        expires is not None and email.utils.parsedate_to_datetime(expires) < datetime.datetime.now(datetime.timezone.utc)
+        expires is not None and email.utils.parsedate_to_datetime(expires) < datetime.datetime.now(datetime.UTC)
     )
     assert expired, attributes
 

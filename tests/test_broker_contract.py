@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
@@ -86,7 +87,7 @@ class Node:
                 raise AssertionError(f"{self.name}: condition not met within {timeout} s")
             try:
                 await asyncio.wait_for(self._arrived.wait(), remaining)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
 
     async def wait_for_messages(self, count: int, timeout: float = 5.0) -> list[StreamMessage]:
@@ -142,13 +143,13 @@ class Cluster:
         for node in nodes:
             if node.published and node is not probe:
                 last = node.published[-1]
-                await probe.wait_delivered(lambda: last in probe.received)
+                await probe.wait_delivered(lambda last=last: last in probe.received)
         self._marker += 1
         marker = self._marker
         probe.publish(StreamMessage(MARKER_USER, marker, None, "{}"))
         for node in nodes:
             if node is not probe:
-                await node.wait_delivered(lambda: marker in node.markers)
+                await node.wait_delivered(lambda node=node: marker in node.markers)
 
     async def close(self) -> None:
         """Close every node."""

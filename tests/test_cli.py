@@ -19,8 +19,8 @@ import re
 import signal
 import socket
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import jwt
 import pytest
@@ -249,7 +249,7 @@ def read_to_end(sock: socket.socket, received: bytes, decoder: ChunkedDecoder) -
 
     :returns: every byte of the body received (framing included).
     """
-    head, _, body = received.partition(b"\r\n\r\n")
+    _head, _, body = received.partition(b"\r\n\r\n")
     decoder.feed(body)
     sock.settimeout(SHUTDOWN_LIMIT)
     while not decoder.finished:

@@ -14,7 +14,7 @@ import argparse
 import pathlib
 import subprocess
 import sys
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import pytest
 

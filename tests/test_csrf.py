@@ -28,7 +28,8 @@ What each bad request gets:
 from __future__ import annotations
 
 import urllib.parse
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import pytest
 

@@ -123,7 +123,7 @@ def test_the_page_has_no_markup_the_content_security_policy_blocks():
 
 async def test_paths_outside_the_static_folder_are_a_json_404(server):
     for path in ("/static/../server.py", "/static/%2e%2e/server.py", "/static/missing.js"):
-        status, headers, body, _ = await server.request("GET", path)
+        status, _headers, body, _ = await server.request("GET", path)
         assert status == 404, path
         assert body["error"]["code"] == "not_found", path
 
@@ -137,6 +137,6 @@ async def test_a_range_outside_a_file_is_a_json_416(server):
 
 
 async def test_a_range_inside_a_file_is_a_206_with_those_bytes(server):
-    status, headers, _, raw = await server.request("GET", "/static/style.css", headers={"Range": "bytes=0-9"})
+    status, _headers, _, raw = await server.request("GET", "/static/style.css", headers={"Range": "bytes=0-9"})
     assert status == 206
     assert raw == (STATIC / "style.css").read_bytes()[:10]

@@ -12,7 +12,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -202,9 +203,8 @@ async def test_emit_async_raises_first_failure_after_all_listeners_ran(caplog):
     bus.on("created", late_success)
     bus.on("created", async_failure)
     bus.on("created", lambda payload: finished.append("sync"))
-    with caplog.at_level(logging.ERROR, logger=BUS_LOGGER):
-        with pytest.raises(Boom, match="first"):
-            await bus.emit_async("created", 1)
+    with caplog.at_level(logging.ERROR, logger=BUS_LOGGER), pytest.raises(Boom, match="first"):
+        await bus.emit_async("created", 1)
     assert sorted(finished) == ["late", "sync"]
     assert len(bus_errors(caplog)) == 2
 

@@ -88,7 +88,7 @@ async def test_a_publish_in_the_fast_lane_shape_without_host_is_refused_and_stor
     head = post_head(server, len(BODY)).replace(f"Host: {server.host}:{server.port}\r\n".encode(), b"")
     assert b"Host:" not in head
     await raw.send(head + BODY)
-    status, headers, body = await raw.response()
+    status, _headers, body = await raw.response()
     assert_error_body(status, body, 400, "bad_request")
     assert await closed(raw)
     await raw.close()
@@ -181,6 +181,7 @@ async def test_pipelined_requests_wait_while_their_client_does_not_read(server, 
     await raw.close()
 
 
+@pytest.mark.slow
 async def test_a_connection_holds_at_most_its_queue_of_parsed_requests(server):
     # 2,000 tiny pipelined requests in one write: only a few are parsed
     # ahead; the rest wait as bytes until their turn, and all are answered.
@@ -300,6 +301,7 @@ async def test_garbage_after_a_fast_lane_publish_is_refused_after_its_answer_and
     await wait_until(lambda: server.app.deps.http_counters.in_flight == 0)
 
 
+@pytest.mark.slow
 def test_sigterm_with_no_open_stream_exits_at_once_after_a_framing_error(tmp_path):
     port = free_port()
     log_path = tmp_path / "server.log"

@@ -202,8 +202,8 @@ async def both_doors(make_server):
 
 def same_headers(first: HTTPHeaders, second: HTTPHeaders) -> None:
     """The two answers carry the same headers, with the same values but for :data:`IGNORED`."""
-    assert sorted(k for k in first.keys() if k not in IGNORED) == sorted(k for k in second.keys() if k not in IGNORED)
-    for name in first.keys():
+    assert sorted(k for k in first if k not in IGNORED) == sorted(k for k in second if k not in IGNORED)
+    for name in first:
         if name not in IGNORED:
             assert first[name] == second[name], name
 

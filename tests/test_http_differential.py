@@ -442,10 +442,10 @@ async def exchange(port: int, entry: Case, token: bytes) -> str:
         usable = bool(after) and after[-1] in ("2xx", "5xx")  # /health: 200, or 503 if its check is slow
         classes += after[:-1] if usable else after
         return f"{' '.join(classes) or 'none'}, {'open' if usable else 'closed'}"
-    except asyncio.TimeoutError:
-        return " ".join(classes + ["hang"])
+    except TimeoutError:
+        return " ".join([*classes, "hang"])
     except Malformed as exc:
-        return " ".join(classes + [f"malformed ({exc})"])
+        return " ".join([*classes, f"malformed ({exc})"])
     finally:
         await close_writer(writer)
 
@@ -527,8 +527,8 @@ async def test_every_case_ends_as_on_tornado_or_differs_for_a_listed_reason(make
     names = list(CORPUS)
     outcomes = await asyncio.gather(*(exchange(port, CORPUS[name], token)
                                       for port in (ours.port, tornado_server.port) for name in names))
-    ours_by_name = dict(zip(names, outcomes[:len(names)]))
-    tornado_by_name = dict(zip(names, outcomes[len(names):]))
+    ours_by_name = dict(zip(names, outcomes[:len(names)], strict=True))
+    tornado_by_name = dict(zip(names, outcomes[len(names):], strict=True))
     problems = []
     for name in names:
         mine, theirs = ours_by_name[name], tornado_by_name[name]

@@ -139,7 +139,7 @@ def body(draw: st.DrawFn) -> bytes:
 def chunk_framing(draw: st.DrawFn, content: bytes) -> bytes:
     """``content`` in chunks, now and then framed wrong (sizes, extensions, trailers, the end)."""
     cuts = sorted(draw(st.sets(st.integers(0, len(content)), max_size=4)))
-    pieces = [content[start:end] for start, end in zip([0] + cuts, cuts + [len(content)]) if end > start]
+    pieces = [content[start:end] for start, end in zip([0, *cuts], [*cuts, len(content)], strict=True) if end > start]
     out = bytearray()
     for piece in pieces:
         size = b"%x" % len(piece)
@@ -207,7 +207,7 @@ def exchanges(draw: st.DrawFn) -> tuple[list[bytes], bool]:
         if rarely(draw, 8):
             data = data[:draw(st.integers(0, len(data)))]
     cuts = sorted(draw(st.sets(st.integers(1, max(1, len(data) - 1)), max_size=3)))
-    pieces = [data[start:end] for start, end in zip([0] + cuts, cuts + [len(data)]) if end > start]
+    pieces = [data[start:end] for start, end in zip([0, *cuts], [*cuts, len(data)], strict=True) if end > start]
     if not rarely(draw, 5):
         pieces.append(PROBE)
     return pieces, head
@@ -254,7 +254,7 @@ def test_any_bytes_are_answered_without_a_5xx_or_closed_in_time(io_loop, fuzz_se
     before = len(caplog.get_records("call"))
     try:
         responses = io_loop.run_sync(lambda: exercise(fuzz_server, pieces, head), timeout=DEADLINE + 5)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         pytest.fail(f"the connection neither ended nor answered within {DEADLINE} s; sent {pieces!r}")
     except Malformed as exc:
         pytest.fail(f"a broken answer: {exc}; sent {pieces!r}")

@@ -24,8 +24,9 @@ import signal
 import socket
 import subprocess
 import urllib.parse
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 

@@ -126,7 +126,7 @@ def deployments(request, redis_server, make_server, new_db_url) -> tuple[Deploym
     """Deployments A and B on the test's redis-server, each with its own database and secret."""
     base = f"redis://{redis_server.host}:{redis_server.port}"
     built = []
-    for name, (path, namespace) in zip("ab", CASES[request.param]):
+    for name, (path, namespace) in zip("ab", CASES[request.param], strict=True):
         settings = {
             "redis_url": base + path,
             "redis_namespace": namespace,

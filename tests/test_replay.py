@@ -14,6 +14,7 @@ the witness saw is the user's event log as the wire shows it.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 
 import pytest
@@ -74,7 +75,7 @@ async def read_until_cursor(client, last: int, timeout: float = 10):
 
 def assert_strictly_increasing(cursors: list[int]) -> None:
     """No duplicate and no step back."""
-    assert all(a < b for a, b in zip(cursors, cursors[1:])), cursors
+    assert all(a < b for a, b in itertools.pairwise(cursors)), cursors
 
 
 # -- replay ------------------------------------------------------------------------

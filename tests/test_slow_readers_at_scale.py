@@ -81,7 +81,7 @@ class Tally:
         self._reached = asyncio.get_running_loop().create_future()
         try:
             await asyncio.wait_for(self._reached, timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise AssertionError(f"readers got {self.count} of {target} events within {timeout} s") from None
 
 

@@ -61,7 +61,7 @@ def test_string_id_is_kept():
 
 
 def test_event_is_utf8():
-    assert encode_event("héllo ☃ 🎉") == "data: héllo ☃ 🎉\n\n".encode("utf-8")
+    assert encode_event("héllo ☃ 🎉") == "data: héllo ☃ 🎉\n\n".encode()
 
 
 def test_empty_data_still_has_a_data_line():

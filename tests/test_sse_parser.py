@@ -369,7 +369,7 @@ def test_chunked_random_splits_of_a_long_body():
     for _ in range(50):
         cuts = sorted(rng.sample(range(1, len(wire)), 20))
         decoder = ChunkedDecoder()
-        out = b"".join(decoder.feed(wire[a:b]) for a, b in zip([0, *cuts], [*cuts, len(wire)]))
+        out = b"".join(decoder.feed(wire[a:b]) for a, b in zip([0, *cuts], [*cuts, len(wire)], strict=True))
         assert (out, decoder.finished) == (b"".join(payloads), True)
 
 
@@ -708,11 +708,13 @@ async def tornado_server():
 
 
 async def test_client_sees_tornado_finish_as_a_clean_end(io_loop):
-    async with tornado_server() as port:
-        async with await SSEClient.connect("127.0.0.1", port, "/stream", {"Last-Event-ID": "7"}) as client:
-            assert await client.next_comment() == "connected"
-            events = await client.events(2)
-            assert await client.wait_closed() is True
+    async with (
+        tornado_server() as port,
+        await SSEClient.connect("127.0.0.1", port, "/stream", {"Last-Event-ID": "7"}) as client,
+    ):
+        assert await client.next_comment() == "connected"
+        events = await client.events(2)
+        assert await client.wait_closed() is True
     assert [(e.id, e.data) for e in events] == [("1", "7"), (None, "bye")]
 
 

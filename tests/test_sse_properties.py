@@ -41,8 +41,8 @@ from hypothesis import strategies as st
 from core.domain.auth import TokenService
 from core.domain.errors import AuthError, BadRequest, ValidationError
 from core.domain.service import notification_json
-from core.streams.sse import PING, encode_comment, encode_event
 from core.domain.validation import EVENT_NAME, USER_ID, check_user_id, compact_json, iso, parse_json_body
+from core.streams.sse import PING, encode_comment, encode_event
 from tests.support.sse import Event, SSEParser
 
 pytestmark = pytest.mark.timeout(120)
@@ -134,6 +134,7 @@ notification_rows = st.builds(
 )
 
 
+@pytest.mark.slow
 @PURE
 @given(row=notification_rows, cursor=cursors)
 def test_a_notification_event_is_exactly_its_json_with_its_cursor(row, cursor):
@@ -145,6 +146,7 @@ def test_a_notification_event_is_exactly_its_json_with_its_cursor(row, cursor):
     assert notification["createdAt"] == iso(row.created_at)
 
 
+@pytest.mark.slow
 @PURE
 @given(name=event_names, data=json_objects, cursor=cursors)
 def test_a_published_event_is_exactly_its_name_cursor_and_data(name, data, cursor):
@@ -170,7 +172,7 @@ def test_a_stream_split_into_any_reads_parses_into_exactly_its_events(rows, firs
         expected.append((name or "message", str(first + offset), data))
     stream = b"".join(frames)
     points = sorted({cut % (len(stream) + 1) for cut in cuts})
-    pieces = [stream[start:end] for start, end in zip([0, *points], [*points, len(stream)])]
+    pieces = [stream[start:end] for start, end in zip([0, *points], [*points, len(stream)], strict=True)]
     parser, decoder = SSEParser(), codecs.getincrementaldecoder("utf-8")()
     events = [event for piece in pieces for event in parser.feed(decoder.decode(piece))]
     assert [(event.type, event.id, json.loads(event.data)) for event in events] == expected
@@ -271,7 +273,7 @@ async def _round_trip(server: Any, message: str, text: str, name: str) -> None:
     replayed = await server.live_stream(user, headers={"Last-Event-ID": "0"})
     again = await replayed.events(3)
     assert [(event.type, event.id, event.json()) for event in again] == [
-        (kind, str(cursor), payload) for (kind, payload), cursor in zip(sent, cursors)
+        (kind, str(cursor), payload) for (kind, payload), cursor in zip(sent, cursors, strict=True)
     ]
     replayed.close()
     status, _, page, raw = await server.request("GET", f"/api/v1/users/{path}/notifications", as_user=user)

@@ -106,7 +106,7 @@ def test_processes_creating_the_schema_at_once_all_succeed(new_db_url):
         for process in processes:
             process.stdin.write("go\n")
             process.stdin.flush()
-        results = [process.communicate(timeout=30) + (process.returncode,) for process in processes]
+        results = [(*process.communicate(timeout=30), process.returncode) for process in processes]
     finally:
         for process in processes:
             if process.poll() is None:

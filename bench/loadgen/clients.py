@@ -302,7 +302,7 @@ async def publish_event(clients, batches, name, make_data):
         except Exception as exc:  # counted, and the run goes on
             outcome[failure_reason(exc)] += 1
 
-    await asyncio.gather(*(send(c, ids) for c, ids in zip(clients, batches)))
+    await asyncio.gather(*(send(c, ids) for c, ids in zip(clients, batches, strict=True)))
     return outcome
 
 

@@ -169,7 +169,7 @@ def lag_window(before, after):
     """
     if not before or not after or len(before) != len(after):
         return None
-    counts = [(bound, a - b) for (bound, a), (_, b) in zip(after, before)]
+    counts = [(bound, a - b) for (bound, a), (_, b) in zip(after, before, strict=True)]
     total = counts[-1][1]
     out = {"samples": int(total), "max_le_ms": None}
     below = 0.0

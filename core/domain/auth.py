@@ -92,7 +92,7 @@ class TokenService:
         self._secret = secret
         # sha256(token) -> principal, oldest first.  Keyed by a digest so a
         # lookup never compares a guessed token with a real one byte by byte.
-        self._verified: "collections.OrderedDict[bytes, Principal]" = collections.OrderedDict()
+        self._verified: collections.OrderedDict[bytes, Principal] = collections.OrderedDict()
 
     def issue(self, user_id: str, role: str = "user", ttl: int = 3600) -> str:
         """A signed HS256 token for ``user_id`` valid for ``ttl`` seconds.
@@ -141,9 +141,9 @@ class TokenService:
         except jwt.PyJWTError:
             raise AuthError("the token is malformed", code="invalid_token") from None
         algorithm = header.get("alg")
-        key = self._keys.get(algorithm) if isinstance(algorithm, str) else None
-        if key is None:
+        if not isinstance(algorithm, str) or algorithm not in self._keys:
             raise AuthError("the token's algorithm is not accepted", code="invalid_token")
+        key = self._keys[algorithm]
         try:
             claims = jwt.decode(
                 token,

@@ -26,4 +26,4 @@ def random_hex(nbytes: int) -> str:
         pool, at = os.urandom(max(POOL_BYTES, nbytes)), 0
         _local.pool = pool
     _local.at = at + nbytes
-    return pool[at:at + nbytes].hex()
+    return pool[at : at + nbytes].hex()

@@ -27,7 +27,8 @@ import asyncio
 import concurrent.futures
 import os
 import threading
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from core.domain.errors import Unavailable
 

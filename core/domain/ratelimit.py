@@ -15,7 +15,7 @@ from __future__ import annotations
 import collections
 import math
 import time
-from typing import Callable
+from collections.abc import Callable
 
 #: Buckets kept at most, whatever the number of principals.
 MAX_KEYS = 100_000
@@ -31,7 +31,9 @@ class RateLimiter:
     :param max_keys: buckets kept at most (least recently used dropped).
     """
 
-    def __init__(self, rate: float, burst: float = 0, clock: Callable[[], float] = time.monotonic, max_keys: int = MAX_KEYS) -> None:
+    def __init__(
+        self, rate: float, burst: float = 0, clock: Callable[[], float] = time.monotonic, max_keys: int = MAX_KEYS
+    ) -> None:
         if not rate > 0:
             raise ValueError("rate must be greater than 0")
         self.rate = float(rate)
@@ -39,7 +41,7 @@ class RateLimiter:
         self.clock = clock
         self.max_keys = max_keys
         # key -> (tokens left, when counted), least recently used first.
-        self._buckets: "collections.OrderedDict[str, tuple[float, float]]" = collections.OrderedDict()
+        self._buckets: collections.OrderedDict[str, tuple[float, float]] = collections.OrderedDict()
 
     def __len__(self) -> int:
         """How many buckets are held."""

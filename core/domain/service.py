@@ -9,11 +9,11 @@ never fails the request: the event is stored and replays on reconnect.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import json
 import logging
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from core.domain.auth import (
     DUMMY_HASH,
@@ -28,12 +28,12 @@ from core.domain.auth import (
     require_reader,
     verify_password,
 )
-from core.fanout.messages import StreamMessage
 from core.domain.errors import AuthError, BadRequest, Conflict, NotFound, Unavailable
-from core.fanout.event_bus import EventBus
-from core.domain.passwords import PasswordPool
 from core.domain.ids import random_hex
+from core.domain.passwords import PasswordPool
 from core.domain.validation import Encoded, compact_json, iso
+from core.fanout.event_bus import EventBus
+from core.fanout.messages import StreamMessage
 from models import queries
 from models.runner import DatabaseRunner, StorageUnavailable
 
@@ -45,6 +45,7 @@ NOTIFICATION_READ = "notification-read"
 NOTIFICATION_DELETED = "notification-deleted"
 EVENT_PUBLISHED = "event-published"
 DOMAIN_EVENTS = (NOTIFICATION_CREATED, NOTIFICATION_READ, NOTIFICATION_DELETED, EVENT_PUBLISHED)
+
 
 def notification_json(row: Any) -> dict[str, Any]:
     """A stored notification in the contract's camelCase shape."""
@@ -81,7 +82,7 @@ def new_notification_id() -> str:
     return "ntf_" + random_hex(10)
 
 
-async def _available(pending: "asyncio.Future[Any]") -> Any:
+async def _available(pending: asyncio.Future[Any]) -> Any:
     """Await a database job; the database being out of reach becomes a 503."""
     try:
         return await pending
@@ -168,12 +169,22 @@ class NotificationService:
             }
         )
         data = compact_json(fields["data"]) if fields["data"] is not None else None
-        item = (nid, user_id, fields["type"], fields["message"], fields["action_url"], fields["source_type"], data,
-                now, body.text)
+        item = (
+            nid,
+            user_id,
+            fields["type"],
+            fields["message"],
+            fields["action_url"],
+            fields["source_type"],
+            data,
+            now,
+            body.text,
+        )
         # One statement on PostgreSQL (queries.store_notification(s)): a
         # batch of creates needs no BEGIN/COMMIT around it.
-        await self._write(_store_one, item, origin, on_commit=self._announce_created, bulk=_store_many,
-                          one_statement=True)
+        await self._write(
+            _store_one, item, origin, on_commit=self._announce_created, bulk=_store_many, one_statement=True
+        )
         return body
 
     def _announce_created(self, message: StreamMessage) -> None:
@@ -276,11 +287,14 @@ class NotificationService:
 
         def store() -> list[StreamMessage]:
             cursors = queries.log_event_for_users(user_ids, name, payload, now)
-            return [StreamMessage(user_id, cursor, name, payload) for user_id, cursor in zip(user_ids, cursors)]
+            return [
+                StreamMessage(user_id, cursor, name, payload) for user_id, cursor in zip(user_ids, cursors, strict=True)
+            ]
 
         # One statement on PostgreSQL; its weight commits it alone.
-        messages = await self._write(store, on_commit=self._emit(EVENT_PUBLISHED), weight=len(user_ids),
-                                     one_statement=True)
+        messages = await self._write(
+            store, on_commit=self._emit(EVENT_PUBLISHED), weight=len(user_ids), one_statement=True
+        )
         return len(messages)
 
     # -- history -----------------------------------------------------------
@@ -331,7 +345,13 @@ class NotificationService:
         if self.tokens is None:
             raise Unavailable("this process cannot issue tokens", code="signing_unavailable")
         token = self.tokens.issue(user.user_id, user.role, self.token_ttl)
-        return {"token": token, "tokenType": "Bearer", "expiresIn": self.token_ttl, "userId": user.user_id, "role": user.role}
+        return {
+            "token": token,
+            "tokenType": "Bearer",
+            "expiresIn": self.token_ttl,
+            "userId": user.user_id,
+            "role": user.role,
+        }
 
     async def issue_ticket(self, principal: Principal) -> dict[str, Any]:
         """A single-use stream credential valid for :data:`TICKET_TTL` seconds."""

@@ -11,7 +11,8 @@ import json
 import re
 import time
 import urllib.parse
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from core.domain.errors import BadRequest, ValidationError
 

@@ -8,9 +8,9 @@ Both take and deliver the same :class:`StreamMessage`.
 
 from __future__ import annotations
 
-import json
 import logging
-from typing import Any, Callable, Protocol
+from collections.abc import Callable
+from typing import Any, Protocol
 
 from core.fanout.messages import StreamMessage
 

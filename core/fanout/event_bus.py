@@ -13,7 +13,8 @@ import asyncio
 import inspect
 import logging
 import threading
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 log = logging.getLogger("notify.bus")
 
@@ -51,16 +52,16 @@ class EventBus:
         self._loop = loop
         self._loop_thread = threading.get_ident()
 
-    def on(self, name: str, handler: Handler) -> Callable[[], None]:
+    def on(self, name: str, handler: Handler) -> Callable[[], bool]:
         """Call ``handler(payload)`` for every ``name`` event.
 
         ``handler`` may be a plain function or a coroutine function.
-        :returns: a function that removes this listener.
+        :returns: a function that removes this listener (as :meth:`off`).
         """
         self._listeners.setdefault(name, []).append(_Listener(handler, once=False))
         return lambda: self.off(name, handler)
 
-    def once(self, name: str, handler: Handler) -> Callable[[], None]:
+    def once(self, name: str, handler: Handler) -> Callable[[], bool]:
         """Like :meth:`on`, but the listener is removed before its first call."""
         self._listeners.setdefault(name, []).append(_Listener(handler, once=True))
         return lambda: self.off(name, handler)

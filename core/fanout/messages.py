@@ -31,7 +31,7 @@ class StreamMessage(NamedTuple):
         return json.dumps(self._asdict(), separators=(",", ":"))
 
     @classmethod
-    def from_json(cls, text: str | bytes) -> "StreamMessage":
+    def from_json(cls, text: str | bytes) -> StreamMessage:
         """The inverse of :meth:`to_json`; raises ``ValueError`` on bad input."""
         try:
             fields = json.loads(text)

@@ -49,7 +49,7 @@ import logging
 import random
 import re
 import urllib.parse
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import redis.asyncio as aioredis
 import redis.connection
@@ -263,7 +263,7 @@ class RedisBroker:
         try:
             # The timeout is a backstop; a connect attempt has its own.
             await asyncio.wait_for(asyncio.shield(self._first_attempt), 3 * self.connect_timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
         await self.heartbeat()
         self._tasks.append(loop.create_task(self._heartbeat_loop(), name="redis-broker-heartbeat"))
@@ -319,7 +319,7 @@ class RedisBroker:
             # the others rather than leaving it to their next gap.
             try:
                 await asyncio.wait_for(self._idle.wait(), 1.0)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
         self._closed = True
         # redis-py writes under asyncio.wait_for, which on Python 3.11 can
@@ -334,8 +334,8 @@ class RedisBroker:
                 break
             _, pending = await asyncio.wait(pending, timeout=self.connect_timeout)
         for task in self._tasks:
-            if task.done() and not task.cancelled() and task.exception() is not None:
-                log.debug("broker task %s ended with %s", task.get_name(), _describe(task.exception()))
+            if task.done() and not task.cancelled() and (error := task.exception()) is not None:
+                log.debug("broker task %s ended with %s", task.get_name(), _describe(error))
         self._subscribed = False
         try:
             await asyncio.wait_for(self._commands.delete(self._key), self.connect_timeout)
@@ -378,7 +378,10 @@ class RedisBroker:
         keys = [key async for key in self._commands.scan_iter(match=pattern, count=1000)]
         if not keys:
             return []
-        return list(zip(keys, await self._commands.mget(keys)))
+        # Bytes, not str: the clients are made without decode_responses
+        # (redis-py's annotations cover both modes).
+        values = cast("list[bytes | None]", await self._commands.mget(keys))
+        return list(zip(keys, values, strict=True))
 
     # -- the subscription ----------------------------------------------------
 
@@ -489,7 +492,10 @@ class RedisBroker:
             self._bad_logged_at = now
             log.warning(
                 "instance %s skipped a malformed message on Redis channel %s (%s); %d so far",
-                self.instance_id, self.channel, reason, self._bad_messages,
+                self.instance_id,
+                self.channel,
+                reason,
+                self._bad_messages,
                 extra={"instance": self.instance_id},
             )
 
@@ -552,7 +558,7 @@ class RedisBroker:
                 self._retry_now.clear()
                 try:
                     await asyncio.wait_for(self._retry_now.wait(), _jittered(delay))
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     pass
                 delay = min(delay * 2, self.backoff_max)
                 continue
@@ -593,7 +599,10 @@ class RedisBroker:
             log.warning(
                 "Redis broker at %s is unreachable (%s: %s); instance %s serves its own "
                 "streams only and keeps retrying",
-                redact(self.url), link, _describe(exc), self.instance_id,
+                redact(self.url),
+                link,
+                _describe(exc),
+                self.instance_id,
                 extra={"instance": self.instance_id},
             )
         self._down.add(link)
@@ -609,6 +618,9 @@ class RedisBroker:
             log.info(
                 "Redis broker at %s is reachable again after %.1f s; instance %s catches its open "
                 "streams up from the database%s",
-                redact(self.url), seconds, self.instance_id, dropped,
+                redact(self.url),
+                seconds,
+                self.instance_id,
+                dropped,
                 extra={"instance": self.instance_id},
             )

@@ -14,7 +14,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import re
-from typing import Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 
 class ConfigError(ValueError):
@@ -96,7 +97,9 @@ def parse_origins(text: str) -> tuple[str, ...]:
     origins = tuple(dict.fromkeys(item.strip().lower() for item in text.split(",") if item.strip()))
     if "*" in origins:
         if len(origins) > 1:
-            raise argparse.ArgumentTypeError("'*' (any origin, without credentials) cannot be combined with explicit origins")
+            raise argparse.ArgumentTypeError(
+                "'*' (any origin, without credentials) cannot be combined with explicit origins"
+            )
         return origins
     for origin in origins:
         if not _ORIGIN.match(origin):
@@ -158,17 +161,49 @@ OPTIONS: Sequence[tuple[str, Any, str]] = (
     ("--log-level", str, "debug, info, warning or error"),
     ("--processes", _positive(int), "serving processes on this machine, sharing the port (above 1 needs --redis-url)"),
     ("--max-header-kb", _positive(int), "largest request line plus headers in KiB (431 above)"),
-    ("--idle-timeout", _positive(float), "seconds a connection may take to send a request's headers, or sit idle between requests"),
+    (
+        "--idle-timeout",
+        _positive(float),
+        "seconds a connection may take to send a request's headers, or sit idle between requests",
+    ),
     ("--body-timeout", _positive(float), "seconds a client may take to send a request body"),
-    ("--publish-rate", _non_negative(float), "notifications and events one principal may publish per second, sustained (0 = no limit)"),
-    ("--publish-burst", _non_negative(int), "publishes one principal may make at once above --publish-rate (0 = one second's worth)"),
-    ("--write-rate", _non_negative(float), "other writes (stream tickets, read state, deletes) one principal may make per second, sustained (0 = no limit)"),
-    ("--write-burst", _non_negative(int), "other writes one principal may make at once above --write-rate (0 = one second's worth)"),
-    ("--redis-namespace", _namespace, "a name that keeps this deployment's Redis channel and keys apart from others sharing the same Redis database"),
+    (
+        "--publish-rate",
+        _non_negative(float),
+        "notifications and events one principal may publish per second, sustained (0 = no limit)",
+    ),
+    (
+        "--publish-burst",
+        _non_negative(int),
+        "publishes one principal may make at once above --publish-rate (0 = one second's worth)",
+    ),
+    (
+        "--write-rate",
+        _non_negative(float),
+        "other writes (stream tickets, read state, deletes) one principal may make per second, sustained (0 = no limit)",
+    ),
+    (
+        "--write-burst",
+        _non_negative(int),
+        "other writes one principal may make at once above --write-rate (0 = one second's worth)",
+    ),
+    (
+        "--redis-namespace",
+        _namespace,
+        "a name that keeps this deployment's Redis channel and keys apart from others sharing the same Redis database",
+    ),
     ("--jwt-audience", str, "when set, a token must carry this aud claim"),
     ("--jwt-issuer", str, "when set, a token must carry this iss claim"),
-    ("--max-connections", _non_negative(int), "open connections (streams included) this process serves at most; more get a quick 503 (0 = the descriptor limit minus a reserve)"),
-    ("--cors-origins", _origins, "comma-separated origins allowed to call the API from a browser, with credentials; '*' = any origin, without credentials; empty = no CORS"),
+    (
+        "--max-connections",
+        _non_negative(int),
+        "open connections (streams included) this process serves at most; more get a quick 503 (0 = the descriptor limit minus a reserve)",
+    ),
+    (
+        "--cors-origins",
+        _origins,
+        "comma-separated origins allowed to call the API from a browser, with credentials; '*' = any origin, without credentials; empty = no CORS",
+    ),
 )
 
 #: Flag -> what it means in full (Markdown, links relative to ``docs/``).

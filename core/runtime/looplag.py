@@ -27,8 +27,7 @@ INTERVAL = 0.05
 WINDOW = 200
 #: Histogram bucket upper bounds in seconds (Prometheus ``le``).  Finer near
 #: the 10 ms that matters for latency targets.
-BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075,
-           0.1, 0.25, 0.5, 1.0, 2.5)
+BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 
 class LoopLagMonitor:
@@ -101,7 +100,7 @@ class LoopLagMonitor:
         """Cumulative ``(upper bound in seconds, count)`` pairs, ending with ``+inf``."""
         out = []
         running = 0
-        for bound, count in zip(BUCKETS + (math.inf,), self.counts):
+        for bound, count in zip((*BUCKETS, math.inf), self.counts, strict=True):
             running += count
             out.append((bound, running))
         return out

@@ -36,7 +36,9 @@ import socket
 import sys
 import time
 import traceback
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
+from types import FrameType
+from typing import Any
 
 log = logging.getLogger("notify.supervisor")
 
@@ -49,6 +51,10 @@ STABLE_AFTER = 60.0
 #: Seconds after a stop signal before children still running are killed;
 #: below the contract's 10 s, as each child needs at most about 9.
 STOP_TIMEOUT = 9.5
+
+#: What ``signal.signal`` takes and returns: a function, ``SIG_DFL`` or
+#: ``SIG_IGN`` (ints), or None for a handler not set from Python.
+_SignalHandler = Callable[[int, FrameType | None], Any] | int | None
 
 
 class ChildLink:
@@ -149,7 +155,9 @@ class Supervisor:
                     return _status(child.exit_code) or 1
             self._starting = False
             if not self._stopping:
-                log.info("%d processes serving (pids %s)", len(self._children), " ".join(str(pid) for pid in self._children))
+                log.info(
+                    "%d processes serving (pids %s)", len(self._children), " ".join(str(pid) for pid in self._children)
+                )
             while self._children or (self._restart_at and not self._stopping):
                 self._poll(self._timeout())
             return 1 if self._failed else 0
@@ -160,18 +168,19 @@ class Supervisor:
             for fd in (self._wake_r, self._wake_w, self._alive_r, self._alive_w):
                 os.close(fd)
 
-    def _install_signals(self) -> dict[int, object]:
-        previous = {}
+    def _install_signals(self) -> tuple[int, dict[signal.Signals, _SignalHandler]]:
+        """Handle the supervisor's signals; :returns: the wake-up fd and handlers they replace."""
+        handlers: dict[signal.Signals, _SignalHandler] = {}
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGCHLD):
-            previous[signum] = signal.signal(signum, self._note_signal)
-        previous[-1] = signal.set_wakeup_fd(self._wake_w)
-        return previous
+            handlers[signum] = signal.signal(signum, self._note_signal)
+        return signal.set_wakeup_fd(self._wake_w), handlers
 
     @staticmethod
-    def _restore_signals(previous: dict[int, object]) -> None:
-        signal.set_wakeup_fd(previous.pop(-1))  # type: ignore[arg-type]
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)  # type: ignore[arg-type]
+    def _restore_signals(previous: tuple[int, dict[signal.Signals, _SignalHandler]]) -> None:
+        wakeup_fd, handlers = previous
+        signal.set_wakeup_fd(wakeup_fd)
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
 
     def _note_signal(self, signum: int, _frame: object) -> None:
         if signum != signal.SIGCHLD:
@@ -206,8 +215,11 @@ class Supervisor:
         now = time.monotonic()
         if self._stopping:
             if self._children and self._stop_deadline is not None and now >= self._stop_deadline:
-                log.error("processes %s still running %.1f s after the signal: killing them",
-                          " ".join(str(pid) for pid in self._children), STOP_TIMEOUT)
+                log.error(
+                    "processes %s still running %.1f s after the signal: killing them",
+                    " ".join(str(pid) for pid in self._children),
+                    STOP_TIMEOUT,
+                )
                 self._failed = True
                 self._forward(signal.SIGKILL)
                 # Nothing left to wait for but the reaper.
@@ -285,8 +297,14 @@ class Supervisor:
             delay = self._delay[child.slot]
             self._delay[child.slot] = min(delay * 2, RESTART_DELAY_MAX)
             self._restart_at[child.slot] = time.monotonic() + delay
-            log.warning("process %d (pid %d) exited with %s after %.1f s; restarting it in %.1f s",
-                        child.slot, pid, _describe(code), lived, delay)
+            log.warning(
+                "process %d (pid %d) exited with %s after %.1f s; restarting it in %.1f s",
+                child.slot,
+                pid,
+                _describe(code),
+                lived,
+                delay,
+            )
 
     # -- forking ------------------------------------------------------------
 

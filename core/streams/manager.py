@@ -22,7 +22,8 @@ import heapq
 import itertools
 import logging
 import time
-from typing import Any, Callable, Iterable, Protocol, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, Protocol
 
 from tornado.ioloop import PeriodicCallback
 from tornado.iostream import StreamBufferFullError, StreamClosedError
@@ -48,11 +49,15 @@ class Writer(Protocol):
     Raises ``StreamClosedError`` or ``StreamBufferFullError`` from
     :meth:`write` when it cannot take them."""
 
+    #: Unsent bytes it holds before a write raises ``StreamBufferFullError``
+    #: (a replay writes in pieces no larger).
+    max_buffer: int
+
     def write(self, frame: Frame) -> None: ...
 
     async def drain(self) -> None: ...
 
-    def finish(self) -> "asyncio.Future[None] | None": ...
+    def finish(self) -> asyncio.Future[None] | None: ...
 
     def close(self) -> None: ...
 
@@ -131,8 +136,13 @@ class StreamManager:
     def start(self) -> None:
         """Start the keep-alive timer (one for all connections)."""
         if self._keepalive is None:
-            self._keepalive = PeriodicCallback(self.send_keep_alive, self.keepalive_interval * 1000)
+            self._keepalive = PeriodicCallback(self._ping_all, self.keepalive_interval * 1000)
             self._keepalive.start()
+
+    def _ping_all(self) -> None:
+        # The timer's callback: what it returns is awaited if awaitable, so
+        # not the count send_keep_alive returns.
+        self.send_keep_alive()
 
     def stop(self) -> None:
         """Stop the timers; open streams are left as they are."""
@@ -229,6 +239,9 @@ class StreamManager:
     def go_live(self, device: Device) -> None:
         """Flush the live frames queued meanwhile, in cursor order, then write directly."""
         pending, device.pending = device.pending, None
+        if pending is None:
+            # Ended while its history was read (ending drops what was held).
+            return
         # Frames from several processes may have arrived out of order.
         pending.sort(key=lambda item: item[0] or 0)
         for cursor, frame in pending:
@@ -237,7 +250,9 @@ class StreamManager:
             if cursor is not None and cursor <= device.last_cursor:
                 continue
             if frame is None:
-                device.last_cursor = cursor
+                # Skipped (the device originated it); its cursor, if any, counts as seen.
+                if cursor is not None:
+                    device.last_cursor = cursor
             else:
                 self._write(device, frame, cursor)
         if device.stale and self.on_gap is not None and not device.ended:

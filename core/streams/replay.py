@@ -181,8 +181,13 @@ class Replayer:
 
     async def _drained(self, device: Device) -> bool:
         """Wait until what was written to ``device`` has left user space; False if it closed."""
+        writer = device.writer
+        if writer is None:
+            # Never attached: no connection to wait for.
+            self.manager.unsubscribe(device)
+            return False
         try:
-            await device.writer.drain()
+            await writer.drain()
         except Exception:
             self.manager.unsubscribe(device)
             return False

@@ -30,7 +30,7 @@ def encode_event(data: str, event: str | None = None, id: int | str | None = Non
     :param id: the cursor; sets the browser's ``lastEventId``.
     :param retry: suggested reconnect delay in milliseconds.
     """
-    head = f"id: {_field(str(id))}\n".encode("utf-8") if id is not None else b""
+    head = f"id: {_field(str(id))}\n".encode() if id is not None else b""
     if retry is not None:
         return head + encode_body(data, event, retry)
     return head + encode_body(data, event)

@@ -29,7 +29,8 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from tornado.iostream import IOStream, StreamBufferFullError, StreamClosedError
 
@@ -80,8 +81,10 @@ class SocketWriter:
         self._loop.add_reader(self._fd, self._on_readable)
 
     @classmethod
-    def take_over(cls, stream: IOStream, chunked: bool, max_buffer: int, on_close: Callable[[], Any]) -> "SocketWriter | None":
-        """Take the socket out of a detached IOStream whose writes have all left.
+    def take_over(
+        cls, stream: socket.socket | IOStream, chunked: bool, max_buffer: int, on_close: Callable[[], Any]
+    ) -> SocketWriter | None:
+        """Take the socket out of a detached connection (a socket, or an IOStream whose writes have all left).
 
         :param chunked: whether the response uses chunked transfer encoding
             (HTTP/1.1); an HTTP/1.0 response is close-delimited and gets
@@ -110,6 +113,8 @@ class SocketWriter:
         # Tornado forgets the socket without closing it: the IOStream is
         # dropped with the handler, and the socket lives on here.
         stream.io_loop.remove_handler(sock)
+        # Tornado annotates the attribute as never None, yet sets it to None
+        # itself when it closes (with the same ignore in its own code).
         stream.socket = None  # type: ignore[assignment]
         return cls(sock, chunked, max_buffer, on_close)
 
@@ -153,7 +158,7 @@ class SocketWriter:
 
     # -- ending --------------------------------------------------------------
 
-    def finish(self) -> "asyncio.Future[None] | None":
+    def finish(self) -> asyncio.Future[None] | None:
         """End the response cleanly, then close the connection.
 
         Chunked: the zero-length chunk goes out after every queued frame

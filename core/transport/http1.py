@@ -56,12 +56,14 @@ import logging
 import re
 import resource
 import socket
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import httptools
 from tornado import httputil
-from tornado.iostream import StreamClosedError
 from tornado.ioloop import IOLoop, PeriodicCallback
+from tornado.iostream import StreamClosedError
+from tornado.platform.asyncio import BaseAsyncIOLoop
 
 from core.transport.output import Output, closed_future
 
@@ -200,9 +202,9 @@ class Headers(httputil.HTTPHeaders):
     many headers it does not have (``Origin``, ``Cookie``, ...).
     """
 
-    def get(self, name: str, default: Any = None) -> Any:  # type: ignore[override]
+    def get(self, name: str, default: Any = None) -> Any:
         """The combined value of ``name``, or ``default`` when absent (no exception raised)."""
-        return self[name] if name in self else default
+        return self[name] if name in self else default  # noqa: SIM401 (this is get)
 
 
 class _Context:
@@ -247,11 +249,23 @@ class Exchange(httputil.HTTPConnection):
     done, it answers every write with a closed stream.
     """
 
-    __slots__ = ("connection", "request", "context", "delegate", "ready", "read_finished", "write_finished",
-                 "response_started", "chunked_output", "expected_remaining", "disconnect_on_finish", "max_body_size",
-                 "close_callback")
+    __slots__ = (
+        "connection",
+        "request",
+        "context",
+        "delegate",
+        "ready",
+        "read_finished",
+        "write_finished",
+        "response_started",
+        "chunked_output",
+        "expected_remaining",
+        "disconnect_on_finish",
+        "max_body_size",
+        "close_callback",
+    )
 
-    def __init__(self, connection: "Connection", request: _Request) -> None:
+    def __init__(self, connection: Connection, request: _Request) -> None:
         self.connection = connection
         self.request = request
         #: What ``HTTPServerRequest`` reads (the client's address).
@@ -305,8 +319,13 @@ class Exchange(httputil.HTTPConnection):
             and "Content-Length" not in headers
             and "Transfer-Encoding" not in headers
         )
-        if (req_line.version != "HTTP/1.1" and not self.chunked_output and "Content-Length" not in headers
-                and code not in (204, 304) and req_line.method != "HEAD"):
+        if (
+            req_line.version != "HTTP/1.1"
+            and not self.chunked_output
+            and "Content-Length" not in headers
+            and code not in (204, 304)
+            and req_line.method != "HEAD"
+        ):
             # A body that only the end of the connection delimits.
             self.disconnect_on_finish = True
         if not self.read_finished and not request.complete and not 100 <= code < 200:
@@ -396,7 +415,7 @@ class Connection:
     is served through its own :class:`Exchange`.
     """
 
-    def __init__(self, server: "HTTP1Server", sock: socket.socket, address: Any) -> None:
+    def __init__(self, server: HTTP1Server, sock: socket.socket, address: Any) -> None:
         self.server = server
         self.context = _Context(sock.family, address)
         self._sock: socket.socket | None = sock
@@ -485,7 +504,7 @@ class Connection:
         size = len(data)
         offset = 0
         while offset < size:
-            piece = data[offset:offset + FEED_SLICE] if size - offset > FEED_SLICE else data[offset:]
+            piece = data[offset : offset + FEED_SLICE] if size - offset > FEED_SLICE else data[offset:]
             offset += len(piece)
             if not self._parse(piece):
                 return
@@ -517,7 +536,9 @@ class Connection:
             self.close()
             return False
         except httptools.HttpParserError as exc:
-            self._reject(400, "bad_request", "the request could not be parsed: " + (str(exc) or "malformed").rstrip("."))
+            self._reject(
+                400, "bad_request", "the request could not be parsed: " + (str(exc) or "malformed").rstrip(".")
+            )
             return False
         return not (self.closed or self._stop_parsing)
 
@@ -570,14 +591,15 @@ class Connection:
         path = start_line.path.split("?", 1)[0] if start_line is not None else "-"
         access_log.warning("%d %s %s from %s: %s", status, method, _printable(path), self.context.remote_ip, message)
         answer = error_response(status, code, message)
-        if method == "HEAD" or (start_line is None and self._parser is not None
-                                and self._parser.get_method() == b"HEAD"):
+        if method == "HEAD" or (
+            start_line is None and self._parser is not None and self._parser.get_method() == b"HEAD"
+        ):
             # No body to a HEAD (RFC 9110, 9.3.2), not even an error's: a
             # client would read it as the next answer.  No Content-Length
             # either: when the request could not be parsed, HEAD is
             # llhttp's guess, and a client that sent something else then
             # reads an empty body ended by the close.
-            answer = answer[:answer.index(b"Content-Length: ")] + b"\r\n"
+            answer = answer[: answer.index(b"Content-Length: ")] + b"\r\n"
         self.send(answer)
         self._linger()
 
@@ -748,12 +770,20 @@ class Connection:
         headers = request.headers
         assert headers is not None
         length = headers.get("Content-Length")
-        if (length is not None and length.isdigit() and int(length) > exchange.max_body_size
-                and not exchange.write_finished):
+        if (
+            length is not None
+            and length.isdigit()
+            and int(length) > exchange.max_body_size
+            and not exchange.write_finished
+        ):
             self._reject(400, "bad_request", "the request could not be parsed: Content-Length too long")
             return
-        if (headers.get("Expect", "").lower() == "100-continue" and not exchange.write_finished
-                and not request.complete and headers.get("Content-Length") != "0"):
+        if (
+            headers.get("Expect", "").lower() == "100-continue"
+            and not exchange.write_finished
+            and not request.complete
+            and headers.get("Content-Length") != "0"
+        ):
             self.send(_CONTINUE)
         exchange.ready = True
         self._feed_delegate(exchange)
@@ -876,8 +906,13 @@ class Connection:
         """Hand the socket over (see :meth:`Exchange.detach`); :returns: the socket."""
         sock = self._sock
         assert sock is not None
-        extra = (len(self._queue) > 1 or self._parsing is not None or self._output.pending > 0
-                 or bool(self._unparsed) or self._refusal is not None)
+        extra = (
+            len(self._queue) > 1
+            or self._parsing is not None
+            or self._output.pending > 0
+            or bool(self._unparsed)
+            or self._refusal is not None
+        )
         if extra:
             self._pause_reading()
         # Otherwise the socket stays registered for reading: the new owner's
@@ -989,7 +1024,8 @@ def _printable(text: str, limit: int = 120) -> str:
 
 #: The answer past ``max_connections``: quick, and says when to retry.
 _TOO_MANY_CONNECTIONS = error_response(
-    503, "too_many_connections", "the server has no room for another connection; retry shortly", {"Retry-After": "1"})
+    503, "too_many_connections", "the server has no room for another connection; retry shortly", {"Retry-After": "1"}
+)
 
 
 class HTTP1Server:
@@ -1009,9 +1045,17 @@ class HTTP1Server:
     :param counters: where requests in flight and refusals are counted.
     """
 
-    def __init__(self, delegate: Any, max_header_size: int = 64 * 1024, max_body_size: int = 100 * 1024 * 1024,
-                 idle_timeout: float = 75.0, body_timeout: float = 30.0, max_connections: int = 0,
-                 open_elsewhere: Callable[[], int] | None = None, counters: HTTPCounters | None = None) -> None:
+    def __init__(
+        self,
+        delegate: Any,
+        max_header_size: int = 64 * 1024,
+        max_body_size: int = 100 * 1024 * 1024,
+        idle_timeout: float = 75.0,
+        body_timeout: float = 30.0,
+        max_connections: int = 0,
+        open_elsewhere: Callable[[], int] | None = None,
+        counters: HTTPCounters | None = None,
+    ) -> None:
         self.delegate = delegate
         self.max_header_size = max_header_size
         self.max_body_size = max_body_size
@@ -1020,7 +1064,9 @@ class HTTP1Server:
         self.max_connections = max_connections or default_max_connections()
         self._open_elsewhere = open_elsewhere or (lambda: 0)
         self.counters = counters if counters is not None else HTTPCounters()
-        self.loop = IOLoop.current().asyncio_loop  # type: ignore[attr-defined]
+        io_loop = IOLoop.current()
+        assert isinstance(io_loop, BaseAsyncIOLoop)  # Tornado 6: every IOLoop runs on asyncio
+        self.loop = io_loop.asyncio_loop
         self.buffer = bytearray(READ_SIZE)
         #: connection -> the loop time it must have made progress by.
         self.deadlines: dict[Connection, float] = {}
@@ -1084,8 +1130,13 @@ class HTTP1Server:
         """
         self.counters.accept_pauses += 1
         self._stop_accepting()
-        self._log_once("descriptors", "out of descriptors (%s) with %d connections open: accepting paused for %.0f s",
-                       exc.strerror or exc, len(self.connections) + self._open_elsewhere(), ACCEPT_RETRY_DELAY)
+        self._log_once(
+            "descriptors",
+            "out of descriptors (%s) with %d connections open: accepting paused for %.0f s",
+            exc.strerror or exc,
+            len(self.connections) + self._open_elsewhere(),
+            ACCEPT_RETRY_DELAY,
+        )
         self._resume_timer = self.loop.call_later(ACCEPT_RETRY_DELAY, self._start_accepting)
 
     def _accepted(self, sock: socket.socket, address: Any) -> None:
@@ -1111,8 +1162,9 @@ class HTTP1Server:
         the answer.
         """
         self.counters.connections_refused += 1
-        self._log_once("full", "%d connections open (--max-connections): refusing new ones with 503",
-                       self.max_connections)
+        self._log_once(
+            "full", "%d connections open (--max-connections): refusing new ones with 503", self.max_connections
+        )
         sock.setblocking(False)
         try:
             sock.send(_TOO_MANY_CONNECTIONS)

@@ -20,7 +20,7 @@ from typing import Protocol
 from tornado.iostream import StreamClosedError
 
 
-def send_queued(sock: socket.socket, queue: "collections.deque[memoryview]") -> int:
+def send_queued(sock: socket.socket, queue: collections.deque[memoryview]) -> int:
     """Send ``queue``'s views in order, as far as the kernel takes them now.
 
     What is sent leaves the queue (a view partly sent is cut to the rest).
@@ -73,7 +73,8 @@ class Output:
         #: Bytes held, not yet taken by the kernel.
         self.pending = 0
         self._waiters: list[asyncio.Future[None]] | None = None
-        self._owner = owner
+        #: None once closed (no cycle left behind), as ``_sock`` is.
+        self._owner: OutputOwner | None = owner
 
     def send(self, data: bytes) -> None:
         """Send ``data`` now, holding what the kernel does not take (after anything held already)."""
@@ -89,6 +90,7 @@ class Output:
         except (BlockingIOError, InterruptedError):
             sent = 0
         except OSError as exc:
+            assert self._owner is not None  # open: _sock was there
             self._owner.output_failed(exc)
             return
         if sent < len(data):
@@ -96,7 +98,7 @@ class Output:
             self.pending = len(data) - sent
             self._loop.add_writer(self._fd, self._on_writable)
 
-    def drained(self) -> "asyncio.Future[None] | None":
+    def drained(self) -> asyncio.Future[None] | None:
         """A future resolved once everything held so far has been sent; None when nothing is held.
 
         It fails with ``StreamClosedError`` if the output closes first.
@@ -113,17 +115,19 @@ class Output:
         queue, sock = self._queue, self._sock
         if queue is None or sock is None:
             return
+        owner = self._owner
+        assert owner is not None  # open: _sock was there
         try:
             self.pending -= send_queued(sock, queue)
         except OSError as exc:
-            self._owner.output_failed(exc)
+            owner.output_failed(exc)
             return
         if queue:
             return
         self._queue = None
         self._loop.remove_writer(self._fd)
         self._wake(None)
-        self._owner.output_drained()
+        owner.output_drained()
 
     def close(self, error: BaseException | None = None) -> None:
         """Drop what is held and stop sending (idempotent); waiters get ``error`` (or their result)."""
@@ -134,7 +138,7 @@ class Output:
             self._loop.remove_writer(self._fd)
             self._queue = None
         self.pending = 0
-        self._owner = None  # type: ignore[assignment]  # no cycle left behind
+        self._owner = None
         self._wake(error)
 
     def _wake(self, error: BaseException | None) -> None:
@@ -150,7 +154,7 @@ class Output:
                 waiter.exception()
 
 
-def closed_future(loop: asyncio.AbstractEventLoop) -> "asyncio.Future[None]":
+def closed_future(loop: asyncio.AbstractEventLoop) -> asyncio.Future[None]:
     """A future already failed with ``StreamClosedError`` (what writing to a closed connection returns)."""
     future = loop.create_future()
     future.set_exception(StreamClosedError())

@@ -13,7 +13,8 @@ from __future__ import annotations
 import codecs
 import socket
 import time
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from tests.support.sse import ChunkedDecoder, Event, SSEParser
 
@@ -73,7 +74,7 @@ class BlockingStream:
         self.sock.settimeout(remaining)
         try:
             data = self.sock.recv(65536)
-        except socket.timeout:
+        except TimeoutError:
             raise TimeoutError("nothing arrived before the deadline") from None
         except ConnectionResetError:
             data = b""
@@ -123,7 +124,7 @@ class BlockingStream:
         """Drop the connection."""
         self.sock.close()
 
-    def __enter__(self) -> "BlockingStream":
+    def __enter__(self) -> BlockingStream:
         return self
 
     def __exit__(self, *exc_info: object) -> None:

@@ -11,7 +11,8 @@ server's task stops at that point until the test has done its part.
 
 from __future__ import annotations
 
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import pytest
 

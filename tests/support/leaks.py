@@ -37,7 +37,8 @@ import json
 import logging
 import re
 import urllib.parse
-from typing import Any, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
 
 #: Shorter values are not noted as secrets: they would match ordinary text.
 MIN_LENGTH = 8

@@ -40,7 +40,7 @@ class Raw:
         self.writer = writer
 
     @classmethod
-    async def open(cls, server) -> "Raw":
+    async def open(cls, server) -> Raw:
         """Connect to ``server`` (anything with ``host`` and ``port``)."""
         return cls(*await asyncio.open_connection(server.host, server.port))
 

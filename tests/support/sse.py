@@ -21,7 +21,8 @@ import contextlib
 import dataclasses
 import json
 import re
-from typing import Any, Callable, Deque, Generic, Mapping, TypeVar
+from collections.abc import Callable, Mapping
+from typing import Any, Generic, TypeVar
 
 from tornado.httputil import HTTPHeaders, HTTPInputError, parse_response_start_line
 
@@ -183,9 +184,8 @@ class SSEParser:
             if "\x00" not in value:
                 self._id_buffer = value
                 self._block_id = value
-        elif field == "retry":
-            if _ASCII_DIGITS.fullmatch(value):
-                self.retry = int(value)
+        elif field == "retry" and _ASCII_DIGITS.fullmatch(value):
+            self.retry = int(value)
         return None
 
     def _dispatch(self) -> Event | None:
@@ -427,7 +427,7 @@ class _Mailbox(Generic[T]):
     """
 
     def __init__(self) -> None:
-        self._items: Deque[T] = collections.deque()
+        self._items: collections.deque[T] = collections.deque()
         self._end: tuple[str, BaseException | None] | None = None
         self._changed = asyncio.Event()
 

@@ -44,8 +44,8 @@ async def run(gen):
         cpu_before = gen.probe.cpu_s()
         sent_ns = time.monotonic_ns()
         statuses = await publish_event(
-            clients, batches, BCAST_EVENT, lambda: b'{"t":%d,"r":%d}' % (time.monotonic_ns(), r))
-        complete = await gen.wait_for(lambda: stats.bcast_deliveries - before >= expected,
+            clients, batches, BCAST_EVENT, lambda r=r: b'{"t":%d,"r":%d}' % (time.monotonic_ns(), r))
+        complete = await gen.wait_for(lambda before=before: stats.bcast_deliveries - before >= expected,
                                       args.bcast_timeout)
         cpu_after = gen.probe.cpu_s()
         stats.recording = False

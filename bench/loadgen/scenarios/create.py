@@ -99,10 +99,10 @@ async def _step(gen, concurrency):
     own_cpu = own_cpu_s() - own_before
     lag_after = await _scrape_lag(monitor)
     stop = True
-    done, pending = await asyncio.wait(workers, timeout=args.request_timeout + 1)
+    _done, pending = await asyncio.wait(workers, timeout=args.request_timeout + 1)
     for task in pending:
         task.cancel()
-    for c in pool + [monitor]:
+    for c in [*pool, monitor]:
         c.close()
     created = statuses.get(201, 0)
     seconds = [per_second.get(i, 0) for i in range(int(args.duration))]
