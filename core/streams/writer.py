@@ -121,20 +121,20 @@ class SocketWriter:
     # -- writing -------------------------------------------------------------
 
     def write(self, frame: Frame) -> None:
-        """Send ``frame`` (or hold what the kernel does not take now)."""
-        self._send(frame.chunked if self.chunked else frame.raw)
-
-    def _send(self, data: bytes, bounded: bool = True) -> None:
+        """Send ``frame`` (or hold what the kernel does not take now), within the bound."""
+        # The broadcast hot path: one call per delivery down to send().
         if self._sock is None or self._closing:
             raise StreamClosedError()
+        data = frame.chunked if self.chunked else frame.raw
         output = self._output
-        if bounded and output.pending and output.pending + len(data) > self.max_buffer:
+        pending = output.pending
+        if pending and pending + len(data) > self.max_buffer:
             raise StreamBufferFullError("Reached maximum write buffer size")
         output.send(data)
+        if output.pending > self.max_buffer:
+            raise StreamBufferFullError("Reached maximum write buffer size")
         if self._sock is None:
             raise StreamClosedError()
-        if bounded and output.pending > self.max_buffer:
-            raise StreamBufferFullError("Reached maximum write buffer size")
 
     def output_failed(self, error: OSError) -> None:
         """A send failed: the client is gone."""
@@ -169,9 +169,9 @@ class SocketWriter:
         if self._sock is None:
             return None
         if self.chunked and not self._closing:
-            try:
-                self._send(TERMINATOR, bounded=False)
-            except StreamClosedError:
+            # Past the bound if need be: it is five bytes.
+            self._output.send(TERMINATOR)
+            if self._sock is None:
                 return None
         done = self._output.drained()
         if done is None:

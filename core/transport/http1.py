@@ -873,9 +873,8 @@ class Connection:
         exchange = self.exchange
         if exchange is None:
             return
+        callback, delegate = exchange.close_callback, exchange.delegate
         self._end_exchange()
-        callback, exchange.close_callback = exchange.close_callback, None
-        delegate, exchange.delegate = exchange.delegate, None
         if callback is not None:
             try:
                 callback()
@@ -888,9 +887,16 @@ class Connection:
                 log.exception("request delegate failed on close")
 
     def _end_exchange(self) -> None:
-        if self.exchange is not None:
+        exchange = self.exchange
+        if exchange is not None:
             self.exchange = None
             self.server.counters.in_flight -= 1
+            # The delegate refers back to the exchange (its request_conn):
+            # break the cycle, so that reference counting frees both now
+            # rather than the garbage collector later (the server freezes
+            # what lives through a collection; see server.tune_gc).
+            exchange.delegate = None
+            exchange.close_callback = None
 
     def serving_whole_request(self) -> bool:
         """Whether a request read whole is being served: what came after it waits, deadline included.
