@@ -45,25 +45,23 @@ TERMINATOR = b"0\r\n\r\n"
 MIN_SEND_BUFFER = 16 * 1024
 
 
-class SocketWriter:
+class SocketWriter(Output):
     """Writes a detached event stream's frames straight to its socket.
 
-    Use :meth:`take_over`.  ``write`` raises ``StreamClosedError`` once the
-    connection is closed and ``StreamBufferFullError`` past ``max_buffer``
-    unsent bytes; ``on_close`` runs once, whoever closes the connection.
+    Use :meth:`take_over`.  It is the stream's :class:`~core.transport.output.Output`
+    (what the kernel has not taken yet), with the stream's rules on top:
+    ``write`` raises ``StreamClosedError`` once the connection is closed
+    and ``StreamBufferFullError`` past ``max_buffer`` unsent bytes;
+    ``on_close`` runs once, whoever closes the connection.
     """
 
-    __slots__ = ("_sock", "_fd", "_loop", "chunked", "max_buffer", "_on_close", "_output", "_closing", "__weakref__")
+    __slots__ = ("chunked", "max_buffer", "_on_close", "_closing", "__weakref__")
 
     def __init__(self, sock: socket.socket, chunked: bool, max_buffer: int, on_close: Callable[[], Any] | None) -> None:
-        self._sock: socket.socket | None = sock
-        self._fd = sock.fileno()
-        self._loop = asyncio.get_running_loop()
+        super().__init__(sock, asyncio.get_running_loop(), self)
         self.chunked = chunked
         self.max_buffer = max_buffer
         self._on_close = on_close
-        #: Bytes the kernel has not taken yet (core.transport.output).
-        self._output = Output(sock, self._loop, self)
         #: finish() was called: the connection closes once the output drains.
         self._closing = False
         if sock.family in (socket.AF_INET, socket.AF_INET6):
@@ -122,16 +120,14 @@ class SocketWriter:
 
     def write(self, frame: Frame) -> None:
         """Send ``frame`` (or hold what the kernel does not take now), within the bound."""
-        # The broadcast hot path: one call per delivery down to send().
         if self._sock is None or self._closing:
             raise StreamClosedError()
         data = frame.chunked if self.chunked else frame.raw
-        output = self._output
-        pending = output.pending
+        pending = self.pending
         if pending and pending + len(data) > self.max_buffer:
             raise StreamBufferFullError("Reached maximum write buffer size")
-        output.send(data)
-        if output.pending > self.max_buffer:
+        self.send(data)
+        if self.pending > self.max_buffer:
             raise StreamBufferFullError("Reached maximum write buffer size")
         if self._sock is None:
             raise StreamClosedError()
@@ -152,7 +148,7 @@ class SocketWriter:
         """
         if self._sock is None:
             raise StreamClosedError()
-        waiter = self._output.drained()
+        waiter = self.drained()
         if waiter is not None:
             await waiter
 
@@ -170,10 +166,10 @@ class SocketWriter:
             return None
         if self.chunked and not self._closing:
             # Past the bound if need be: it is five bytes.
-            self._output.send(TERMINATOR)
+            self.send(TERMINATOR)
             if self._sock is None:
                 return None
-        done = self._output.drained()
+        done = self.drained()
         if done is None:
             self.close()
             return None
@@ -185,10 +181,9 @@ class SocketWriter:
         sock = self._sock
         if sock is None:
             return
-        self._sock = None
         self._loop.remove_reader(self._fd)
         # Whoever waits for a finishing stream sees it end; a drain sees it lost.
-        self._output.close(None if self._closing else StreamClosedError())
+        self.drop(None if self._closing else StreamClosedError())
         sock.close()
         # The callback (the manager's unsubscribe of this device) refers to
         # the device, which refers to this writer: a reference cycle.  The
@@ -198,11 +193,6 @@ class SocketWriter:
         on_close, self._on_close = self._on_close, None
         if on_close is not None:
             on_close()
-
-    @property
-    def pending(self) -> int:
-        """Bytes written and held here, not yet taken by the kernel."""
-        return self._output.pending
 
     def closed(self) -> bool:
         """Whether the connection is closed."""

@@ -928,7 +928,7 @@ class Connection:
         self._reading = False
         self._sock = None
         self.closed = True
-        self._output.close(StreamClosedError())
+        self._output.drop(StreamClosedError())
         self._parser = None
         self._queue.clear()
         self._unparsed = b""
@@ -1010,7 +1010,7 @@ class Connection:
         self._unparsed = b""
         sock = self._sock
         self._sock = None
-        self._output.close(StreamClosedError())
+        self._output.drop(StreamClosedError())
         if sock is not None:
             if self._reading:
                 self.loop.remove_reader(self._fd)

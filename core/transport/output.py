@@ -56,6 +56,10 @@ class OutputOwner(Protocol):
 class Output:
     """What is written to one socket and not yet taken by its kernel.
 
+    Used as a part (an HTTP connection has one) or as a base class (an
+    event stream's writer is one, so that each of thousands of streams
+    costs one object, and a delivery one call down to ``send()``).
+
     :param sock: a non-blocking socket.
     :param loop: the loop whose writer callback sends the rest.
     :param owner: told when a send fails and each time what was held has
@@ -101,7 +105,7 @@ class Output:
     def drained(self) -> asyncio.Future[None] | None:
         """A future resolved once everything held so far has been sent; None when nothing is held.
 
-        It fails with ``StreamClosedError`` if the output closes first.
+        It fails with ``StreamClosedError`` if the output is dropped first.
         """
         if self._queue is None:
             return None
@@ -129,8 +133,11 @@ class Output:
         self._wake(None)
         owner.output_drained()
 
-    def close(self, error: BaseException | None = None) -> None:
-        """Drop what is held and stop sending (idempotent); waiters get ``error`` (or their result)."""
+    def drop(self, error: BaseException | None = None) -> None:
+        """Drop what is held and stop sending (idempotent); waiters get ``error`` (or their result).
+
+        The socket itself is its owner's to close.
+        """
         if self._sock is None:
             return
         self._sock = None
