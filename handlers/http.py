@@ -237,6 +237,8 @@ def declared_length(headers: Any) -> int | None:
     raw = headers.get("Content-Length")
     if raw is None:
         return None
+    if raw.isascii() and raw.isdigit() and len(raw) <= 19:
+        return int(raw)  # the usual case: one plain number
     values = {value.strip() for value in raw.split(",")}
     if len(values) != 1:
         return None

@@ -28,7 +28,7 @@ from tornado import httputil
 from tornado.iostream import StreamClosedError
 
 from core.domain.errors import BadRequest, DomainError
-from core.transport.http1 import REASONS, head_problem
+from core.transport.http1 import REASONS, Exchange, head_problem
 from handlers import routes
 from handlers.call import Answer, Call, Deps, StreamOpening, parse_query
 from handlers.http import (
@@ -247,11 +247,13 @@ class LaneSorter(httputil.HTTPMessageDelegate):
                 # Refused as Tornado's request builder refuses it: by the
                 # connection, a 400 and a close.
                 raise httputil.HTTPInputError(exc.message) from None
-        problem = head_problem(start_line.version, headers)
-        if problem is not None:
-            # Tornado's request builder's rules, kept on this door too,
-            # whichever connection layer serves it.
-            raise httputil.HTTPInputError(problem)
+        if not isinstance(self._connection, Exchange):
+            # Tornado's request builder's rules, kept on this door too when
+            # another connection layer serves it (core.transport applies
+            # them itself, before any door).
+            problem = head_problem(start_line.version, headers)
+            if problem is not None:
+                raise httputil.HTTPInputError(problem)
         route, pieces = found
         self._inner = Lane(self._deps, self._connection, start_line, headers, route, pieces)
         return self._inner.headers_received(start_line, headers)

@@ -127,6 +127,7 @@ ENV_VALUES = {
     "--write-burst": ("7", 7),
     "--cors-origins": ("https://app.example, http://localhost:3000", "https://app.example,http://localhost:3000"),
     "--max-connections": ("5000", 5000),
+    "--idempotency-ttl": ("3600", 3600.0),
     "--jwt-audience": ("notify-api", "notify-api"),
     "--jwt-issuer": ("https://id.example", "https://id.example"),
 }

@@ -59,6 +59,7 @@ class Config:
     jwt_audience: str = ""
     jwt_issuer: str = ""
     max_connections: int = 0
+    idempotency_ttl: float = 86400.0
 
 
 def _positive(kind: Callable[[str], Any]) -> Callable[[str], Any]:
@@ -200,6 +201,11 @@ OPTIONS: Sequence[tuple[str, Any, str]] = (
         "open connections (streams included) this process serves at most; more get a quick 503 (0 = the descriptor limit minus a reserve)",
     ),
     (
+        "--idempotency-ttl",
+        _positive(float),
+        "seconds a publish's Idempotency-Key is remembered (a retry within it gets the first answer again)",
+    ),
+    (
         "--cors-origins",
         _origins,
         "comma-separated origins allowed to call the API from a browser, with credentials; '*' = any origin, without credentials; empty = no CORS",
@@ -280,6 +286,11 @@ DESCRIPTIONS: Mapping[str, str] = {
         "503 `too_many_connections` with `Retry-After: 1` and is closed. `0` = automatic: the process's "
         "descriptor limit (`ulimit -n`) minus a reserve of 5% (at least 64) for the database, Redis and the "
         "listeners"
+    ),
+    "--idempotency-ttl": (
+        "seconds an `Idempotency-Key` of `POST .../notifications` or `POST /api/v1/events` is remembered per "
+        "principal: a retry with the same key within it gets the first answer again (`Idempotent-Replayed: "
+        "true`) and stores nothing; kept in the database, so across restarts and processes"
     ),
     "--cors-origins": (
         "comma-separated origins (`https://app.example,http://localhost:3000`) whose pages may call the API "

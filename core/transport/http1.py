@@ -204,7 +204,10 @@ class Headers(httputil.HTTPHeaders):
 
     def get(self, name: str, default: Any = None) -> Any:
         """The combined value of ``name``, or ``default`` when absent (no exception raised)."""
-        return self[name] if name in self else default  # noqa: SIM401 (this is get)
+        values = self.get_list(name)
+        if not values:
+            return default
+        return values[0] if len(values) == 1 else ",".join(values)
 
 
 class _Context:
@@ -643,14 +646,16 @@ class Connection:
         method = parser.get_method().decode("latin1")
         uri = b"".join(self._url).decode("latin1")
         headers = Headers()
+        seen: set[bytes] = set()
         try:
             for name, value in self._fields:
-                key = name.decode("latin1")
                 text = value.decode("latin1").strip()
-                if key in headers:
-                    headers.add(key, text)
+                lower = name.lower()
+                if lower in seen:
+                    headers.add(name.decode("latin1"), text)
                 else:
-                    headers[key] = text
+                    seen.add(lower)
+                    headers[name.decode("latin1")] = text
         except httputil.HTTPInputError as exc:
             # A repeated header Tornado's grammar refuses.
             self._reject(400, "bad_request", _printable(str(exc)))
